@@ -1,0 +1,5 @@
+import sys
+
+from mlip.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The batch vocabulary: every key that crosses a module boundary.
+
+A batch is a ``dict[str, Tensor]``. Shapes use ``N`` for atoms in the batch, ``E`` for
+edges and ``B`` for structures. Edges are directed: ``edge_index[0]`` is the sender ``j``,
+``edge_index[1]`` the receiver ``i``, and the edge vector is
+``pos[j] - pos[i] + cell_shifts @ cell[batch[i]]`` (pointing from ``i`` to ``j``).
+"""
+
+from __future__ import annotations
+
+# --- per atom (node) -------------------------------------------------------------
+POSITIONS = "pos"  # (N, 3) float | Cartesian positions [Å]
+ATOMIC_NUMBERS = "atomic_numbers"  # (N,) int64 | element Z
+FORCES = "forces"  # (N, 3) float | forces, -dE/dpos [eV/Å]
+BATCH = "batch"  # (N,) int64 | index of the structure each atom belongs to
+NODE_FEATURES = "node_features"  # (N, F) float | last-layer node features (irreps layout)
+ATOMIC_ENERGIES = "atomic_energies"  # (N,) float | per-atom energies incl. E0 [eV]
+
+# --- per edge ----------------------------------------------------------------------
+EDGE_INDEX = "edge_index"  # (2, E) int64 | (sender j, receiver i)
+CELL_SHIFTS = "cell_shifts"  # (E, 3) float | integer image shifts of the sender [cells]
+EDGE_VECTORS = "edge_vectors"  # (E, 3) float | pos[j] - pos[i] + shift @ cell [Å]
+EDGE_LENGTHS = "edge_lengths"  # (E,) float | |edge_vectors| [Å]
+
+# --- per structure (graph) ----------------------------------------------------------
+CELL = "cell"  # (B, 3, 3) float | lattice vectors as rows [Å]; zeros when not periodic
+PBC = "pbc"  # (B, 3) bool | periodic along each cell vector
+NUM_ATOMS = "num_atoms"  # (B,) int64 | atoms per structure
+ENERGY = "energy"  # (B,) float | total potential energy [eV]
+STRESS = "stress"  # (B, 3, 3) float | (1/V) dE/dstrain, ASE sign (tension > 0) [eV/Å^3]
+VIRIAL = "virial"  # (B, 3, 3) float | -dE/dstrain [eV]
+CHARGE = "charge"  # (B,) float | total charge [e]
+SPIN = "spin_multiplicity"  # (B,) float | spin multiplicity 2S+1
+# Label masks: 1.0 where the structure carries the label, 0.0 where it does not.
+ENERGY_MASK = "energy_mask"  # (B,) float | energy label present
+FORCES_MASK = "forces_mask"  # (B,) float | forces label present
+STRESS_MASK = "stress_mask"  # (B,) float | stress label present
+
+# Keys that hold one row per atom / per edge / per structure (used by collate and
+# by batch slicing).
+NODE_KEYS = (POSITIONS, ATOMIC_NUMBERS, FORCES, BATCH, NODE_FEATURES, ATOMIC_ENERGIES)
+EDGE_KEYS = (CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS)
+GRAPH_KEYS = (
+    CELL,
+    PBC,
+    NUM_ATOMS,
+    ENERGY,
+    STRESS,
+    VIRIAL,
+    CHARGE,
+    SPIN,
+    ENERGY_MASK,
+    FORCES_MASK,
+    STRESS_MASK,
+)
