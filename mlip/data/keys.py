@@ -53,3 +53,7 @@ GRAPH_KEYS = (
     FORCES_MASK,
     STRESS_MASK,
 )
+
+# --- model internals -----------------------------------------------------------------
+SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
+NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift

@@ -1,0 +1,1 @@
+"""The physics test kit every backbone must pass (importable by users and tests)."""

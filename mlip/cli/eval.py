@@ -1,0 +1,64 @@
+"""`mlip eval MODEL FILE... [--json OUT] [--plots DIR]`: held-out errors per file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mlip.cli.main import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model file on held-out data files")
+    p.add_argument("model", help="deployable model file (model.pt from mlip train)")
+    p.add_argument("files", nargs="+", help="data files (extxyz, ASE db/traj, or .lmdb)")
+    p.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
+    p.add_argument("--plots", help="write parity plots (PNG) into this folder")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    p.add_argument("--energy-key", default=None)
+    p.add_argument("--forces-key", default=None)
+    p.add_argument("--stress-key", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mlip.model.io import load_model
+    from mlip.training.evaluate import evaluate_file, format_table
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = load_model(args.model, device=device,
+                           dtype=getattr(torch, args.dtype) if args.dtype else None)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    mapping = {"energy_key": args.energy_key, "forces_key": args.forces_key,
+               "stress_key": args.stress_key}
+    results = []
+    for path in args.files:
+        try:
+            results.append(evaluate_file(model, path, args.batch_size, mapping,
+                                         keep_predictions=bool(args.plots)))
+        except (FileNotFoundError, ValueError) as err:
+            raise CliError(f"{path}: {err}") from err
+    print(format_table(results))
+    if args.plots:
+        from mlip.training.plots import parity_plots
+
+        for r in results:
+            for png in parity_plots(r, Path(args.plots)):
+                print(f"wrote {png}")
+    for r in results:
+        r.pop("predictions", None)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json_out, "w") as fh:
+            json.dump({"model": args.model, "results": results}, fh, indent=2)
+        print(f"wrote {args.json_out}")
+    return 0

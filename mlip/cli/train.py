@@ -1,0 +1,35 @@
+"""`mlip train --config FILE [key.sub=value ...] [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlip.cli.main import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a potential from a YAML config",
+        description="Train a potential. Overrides use dotted keys, e.g. "
+        "training.max_epochs=5 data.batch_size=10 run_name=test.",
+    )
+    p.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue checkpoints/<run>/last.ckpt")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlip.training.config import load_config
+    from mlip.training.run import train
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    try:
+        train(config, resume=args.resume)
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    return 0

@@ -1,0 +1,68 @@
+"""Build a Potential from a config dict and dataset statistics.
+
+The backbone is selected by class path (``model.backbone.class_path``) with its typed
+``init_args``; the builder injects what comes from data: number of elements, cutoff and
+average neighbour count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from torch import nn
+
+from mlip.model.potential import Potential
+
+
+def import_class(class_path: str) -> type:
+    """Import ``package.module.Class`` and return the class."""
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import class {class_path!r}: {err}") from err
+
+
+def build_backbone(
+    backbone_config: dict[str, Any], num_elements: int, cutoff: float, avg_num_neighbors: float
+) -> nn.Module:
+    """Instantiate ``{class_path, init_args}`` with the data-derived arguments filled in."""
+    cls = import_class(backbone_config["class_path"])
+    args = dict(backbone_config.get("init_args") or {})
+    accepted = inspect.signature(cls.__init__).parameters
+    injected = {
+        "num_elements": num_elements,
+        "cutoff": cutoff,
+        "avg_num_neighbors": avg_num_neighbors,
+    }
+    for name, value in injected.items():
+        if name in accepted:
+            args[name] = value
+    unknown = [k for k in args if k not in accepted]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        raise ValueError(
+            f"{backbone_config['class_path']} does not take argument(s) {unknown}; "
+            f"it takes {[k for k in accepted if k != 'self']}"
+        )
+    return cls(**args)
+
+
+def build_potential(
+    model_config: dict[str, Any],
+    atomic_numbers: list[int],
+    e0s: list[float],
+    scale: float,
+    shift: float,
+    cutoff: float,
+    avg_num_neighbors: float,
+) -> Potential:
+    """A Potential around the configured backbone (float32/64 as the caller casts it)."""
+    backbone = build_backbone(
+        model_config["backbone"], len(atomic_numbers), cutoff, avg_num_neighbors
+    )
+    return Potential(
+        backbone, atomic_numbers, e0s, scale=scale, shift=shift, cutoff=cutoff,
+        avg_num_neighbors=avg_num_neighbors,
+    )

@@ -1,0 +1,87 @@
+"""Deployable model files: config + tensors, loadable without executing code.
+
+A model file is ``torch.save`` of a plain dict (strings, numbers, lists and tensors only),
+read back with ``torch.load(weights_only=True)``: no pickled classes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlip import __version__
+from mlip.model.build import build_potential
+from mlip.model.potential import Potential
+
+FORMAT = "mlip-model"
+FORMAT_VERSION = 1
+
+
+def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_neighbors: float) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mlip_version": __version__,
+        "model_config": model_config,
+        "atomic_numbers": list(potential.atomic_numbers),
+        "e0s": potential.e0s.double().tolist(),
+        "scale": float(potential.scale),
+        "shift": float(potential.shift),
+        "cutoff": potential.cutoff,
+        "avg_num_neighbors": float(avg_num_neighbors),
+        "dtype": str(next(potential.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def save_model(path: str | Path, potential: Potential, model_config: dict[str, Any], avg_num_neighbors: float) -> Path:
+    """Write the deployable model atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = model_metadata(potential, model_config, avg_num_neighbors)
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in potential.state_dict().items()}
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Potential:
+    """Load a model file safely (``weights_only=True``) and rebuild the Potential.
+
+    Args:
+        path: the ``.pt`` file written by :func:`save_model` (or by ``mlip train``).
+        device: where to put the model.
+        dtype: float32/float64; default: the dtype it was saved in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal is a user error
+        raise ValueError(f"{path} is not a loadable mlip model file: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an mlip model file (format tag missing)")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {payload['format_version']}; this mlip reads "
+            f"<= {FORMAT_VERSION}: upgrade mlip"
+        )
+    potential = build_potential(
+        payload["model_config"],
+        payload["atomic_numbers"],
+        payload["e0s"],
+        payload["scale"],
+        payload["shift"],
+        payload["cutoff"],
+        payload["avg_num_neighbors"],
+    )
+    potential.load_state_dict(payload["state_dict"])
+    target = dtype or getattr(torch, payload.get("dtype", "float32"))
+    return potential.to(device=device, dtype=target).eval()

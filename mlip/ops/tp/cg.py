@@ -1,0 +1,111 @@
+"""Clebsch-Gordan tensor product (the reference implementation).
+
+Coefficients are e3nn's real Wigner-3j symbols (``e3nn.o3.wigner_3j``), so this product
+agrees with ``e3nn.o3.TensorProduct`` in "uvu" mode (tested). Paths are all
+(l1, l2, l3) with |l1 - l2| <= l3 <= l1 + l2 and l1 + l2 + l3 even (natural parity in,
+natural parity out); one learnable weight per path and channel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from e3nn import o3
+
+from mlip.ops.sh import num_components
+from mlip.ops.tp.base import TensorProduct
+
+
+def cg_paths(lmax_in1: int, lmax_in2: int, lmax_out: int) -> list[tuple[int, int, int]]:
+    """Parity-allowed CG paths, in a fixed order.
+
+    >>> cg_paths(1, 1, 1)
+    [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    """
+    return [
+        (l1, l2, l3)
+        for l1 in range(lmax_in1 + 1)
+        for l2 in range(lmax_in2 + 1)
+        for l3 in range(abs(l1 - l2), min(l1 + l2, lmax_out) + 1)
+        if (l1 + l2 + l3) % 2 == 0
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def cg_path_tensor(lmax_in1: int, lmax_in2: int, lmax_out: int) -> torch.Tensor:
+    """Stacked, normalised CG blocks, (P, D1, D2, Dout) float64 (cached, CPU).
+
+    Each path is scaled by sqrt(2 l3 + 1) / sqrt(#paths into l3), so unit-variance
+    component-normalised inputs give unit-variance outputs.
+    """
+    paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
+    d1, d2, d3 = (num_components(lmax) for lmax in (lmax_in1, lmax_in2, lmax_out))
+    fan_in = [sum(1 for p in paths if p[2] == l3) for l3 in range(lmax_out + 1)]
+    m = torch.zeros(len(paths), d1, d2, d3, dtype=torch.float64)
+    for p, (l1, l2, l3) in enumerate(paths):
+        w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+        scale = math.sqrt(2 * l3 + 1) / math.sqrt(fan_in[l3])
+        m[p, l1**2 : (l1 + 1) ** 2, l2**2 : (l2 + 1) ** 2, l3**2 : (l3 + 1) ** 2] = scale * w3j
+    return m
+
+
+def cg_product(
+    x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, paths: torch.Tensor
+) -> torch.Tensor:
+    """Channel-wise weighted CG product (pure function).
+
+    Args:
+        x1: (..., C, D1).
+        x2: (..., C or 1, D2).
+        weight: (..., C, P) per-path weights (broadcastable).
+        paths: (P, D1, D2, Dout) path tensor from :func:`cg_path_tensor`.
+
+    Returns:
+        (..., C, Dout).
+    """
+    p, d1, d2, d3 = paths.shape
+    if x2.shape[-2] == 1:
+        # Shared second operand (edge SH): contract it with the paths once per row,
+        # then one batched matmul over (channel) x (D1 * P).
+        u = torch.einsum("...j,pijk->...ipk", x2[..., 0, :], paths)  # (..., D1, P, Dout)
+        t = x1.unsqueeze(-1) * weight.unsqueeze(-2)  # (..., C, D1, P)
+        lead = t.shape[:-3]
+        c = t.shape[-3]
+        out = torch.matmul(t.reshape(*lead, c, d1 * p), u.reshape(*lead, d1 * p, d3))
+        return out
+    outer = (x1.unsqueeze(-1) * x2.unsqueeze(-2)).flatten(-2)  # (..., C, D1*D2)
+    per_path = outer @ paths.permute(1, 2, 0, 3).reshape(d1 * d2, p * d3)  # (..., C, P*Dout)
+    per_path = per_path.unflatten(-1, (p, d3))
+    return (per_path * weight.unsqueeze(-1)).sum(-2)
+
+
+class CGTensorProduct(TensorProduct):
+    """Channel-wise CG tensor product with one weight per (channel, path).
+
+    >>> tp = CGTensorProduct(1, 1, 1)
+    >>> tp(torch.randn(5, 8, 4), torch.randn(5, 1, 4), torch.randn(5, 8, tp.weight_numel)).shape
+    torch.Size([5, 8, 4])
+    """
+
+    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
+        super().__init__(lmax_in1, lmax_in2, lmax_out)
+        self.paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
+        self.weight_numel = len(self.paths)
+        # Non-persistent: derived data, rebuilt from the lmax values, not saved.
+        self.register_buffer("path_tensor", torch.empty(0), persistent=False)
+
+    def _path_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        if self.path_tensor.numel() == 0 or self.path_tensor.dtype != like.dtype:
+            self.path_tensor = cg_path_tensor(self.lmax_in1, self.lmax_in2, self.lmax_out).to(
+                device=like.device, dtype=like.dtype
+            )
+        return self.path_tensor
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if weight is None:
+            weight = x1.new_ones(self.weight_numel)
+        return cg_product(x1, x2, weight, self._path_tensor(x1))

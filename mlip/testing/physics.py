@@ -1,0 +1,171 @@
+"""Physics checks for a Potential: symmetry, derivatives, locality, batching.
+
+Each ``measure_*`` function returns the measured error (so approximately equivariant
+backbones can report it); tests assert it below a dtype-aware tolerance.
+"""
+
+from __future__ import annotations
+
+import ase
+import numpy as np
+import torch
+
+from mlip.data import keys
+from mlip.graph.build import atoms_to_batch
+from mlip.model.potential import Potential
+
+
+def random_rotation(rng: np.random.Generator, reflect: bool = False) -> np.ndarray:
+    """Haar-uniform 3x3 rotation (from a random unit quaternion), optionally times -I."""
+    q = rng.normal(size=4)
+    a, b, c, d = q / np.linalg.norm(q)
+    r = np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+        ]
+    )
+    return -r if reflect else r
+
+
+def predict(
+    model: Potential, atoms_list: list[ase.Atoms], stress: bool = False
+) -> dict[str, np.ndarray]:
+    """Energies (B,), forces (N, 3) and optionally stress (B, 3, 3) as float64 numpy."""
+    p = next(model.parameters())
+    data = atoms_to_batch(atoms_list, model.cutoff, dtype=p.dtype, device=p.device)
+    out = model(data, compute_forces=True, compute_stress=stress)
+    return {k: v.detach().cpu().double().numpy() for k, v in out.items() if k in
+            (keys.ENERGY, keys.FORCES, keys.STRESS)}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def transform(atoms: ase.Atoms, rotation: np.ndarray, translation: np.ndarray) -> ase.Atoms:
+    """Rotate (and reflect) positions and cell, then translate."""
+    out = atoms.copy()
+    out.positions = atoms.positions @ rotation.T + translation
+    if atoms.pbc.any():
+        out.cell = atoms.cell.array @ rotation.T
+    return out
+
+
+def measure_rotation_error(
+    model: Potential, atoms: ase.Atoms, num: int = 5, reflect: bool = False, seed: int = 0
+) -> dict[str, float]:
+    """Max relative error of E (invariance) and F (equivariance) over random rotations."""
+    rng = np.random.default_rng(seed)
+    ref = predict(model, [atoms])
+    e_err = f_err = 0.0
+    for _ in range(num):
+        r = random_rotation(rng, reflect)
+        out = predict(model, [transform(atoms, r, np.zeros(3))])
+        e_err = max(e_err, _rel(out[keys.ENERGY], ref[keys.ENERGY]))
+        f_err = max(f_err, _rel(out[keys.FORCES], ref[keys.FORCES] @ r.T))
+    return {"energy": e_err, "forces": f_err}
+
+
+def measure_translation_error(model: Potential, atoms: ase.Atoms, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    ref = predict(model, [atoms])
+    out = predict(model, [transform(atoms, np.eye(3), rng.normal(scale=3.0, size=3))])
+    return {"energy": _rel(out[keys.ENERGY], ref[keys.ENERGY]),
+            "forces": _rel(out[keys.FORCES], ref[keys.FORCES])}
+
+
+def measure_permutation_error(model: Potential, atoms: ase.Atoms, seed: int = 0) -> dict[str, float]:
+    perm = np.random.default_rng(seed).permutation(len(atoms))
+    ref = predict(model, [atoms])
+    out = predict(model, [atoms[perm]])
+    return {"energy": _rel(out[keys.ENERGY], ref[keys.ENERGY]),
+            "forces": _rel(out[keys.FORCES], ref[keys.FORCES][perm])}
+
+
+def measure_batch_error(model: Potential, atoms_list: list[ase.Atoms]) -> dict[str, float]:
+    """Batched prediction vs one structure at a time."""
+    batched = predict(model, atoms_list)
+    singles = [predict(model, [a]) for a in atoms_list]
+    e = np.concatenate([s[keys.ENERGY] for s in singles])
+    f = np.concatenate([s[keys.FORCES] for s in singles])
+    return {"energy": _rel(batched[keys.ENERGY], e), "forces": _rel(batched[keys.FORCES], f)}
+
+
+def measure_force_fd_error(
+    model: Potential, atoms: ase.Atoms, h: float = 1e-4, num_atoms: int = 3, seed: int = 0
+) -> float:
+    """Max |F - (-dE/dx by central differences)| / max|F| over a few atoms (use float64)."""
+    rng = np.random.default_rng(seed)
+    forces = predict(model, [atoms])[keys.FORCES]
+    worst = 0.0
+    for i in rng.choice(len(atoms), size=min(num_atoms, len(atoms)), replace=False):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, k] += h
+            minus.positions[i, k] -= h
+            e_p = predict(model, [plus])[keys.ENERGY][0]
+            e_m = predict(model, [minus])[keys.ENERGY][0]
+            worst = max(worst, abs(-(e_p - e_m) / (2 * h) - forces[i, k]))
+    return worst / max(np.abs(forces).max(), 1e-12)
+
+
+def measure_stress_fd_error(model: Potential, atoms: ase.Atoms, h: float = 1e-5) -> float:
+    """Max |stress - (1/V) dE/d(eps) by central differences of strained cells| / max|stress|."""
+    stress = predict(model, [atoms], stress=True)[keys.STRESS][0]
+    volume = atoms.get_volume()
+    fd = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            energies = []
+            for sign in (1, -1):
+                eps = np.zeros((3, 3))
+                eps[a, b] += 0.5 * sign * h
+                eps[b, a] += 0.5 * sign * h
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+                energies.append(predict(model, [strained])[keys.ENERGY][0])
+            fd[a, b] = (energies[0] - energies[1]) / (2 * h) / volume
+    return float(np.abs(fd - stress).max() / max(np.abs(stress).max(), 1e-12))
+
+
+def measure_locality_error(model: Potential, atoms: ase.Atoms) -> dict[str, float]:
+    """Add a far-away atom (beyond the cutoff of all): E must grow by exactly that atom's
+    isolated energy and existing forces must not change."""
+    ref = predict(model, [atoms])
+    lone = ase.Atoms(numbers=[atoms.numbers[0]], positions=[[0.0, 0.0, 0.0]])
+    e_lone = predict(model, [lone])[keys.ENERGY][0]
+    far = atoms.positions.max(axis=0) + 2.0 * model.cutoff
+    combined = atoms + ase.Atoms(numbers=[atoms.numbers[0]], positions=[far])
+    out = predict(model, [combined])
+    return {
+        "energy": abs(out[keys.ENERGY][0] - ref[keys.ENERGY][0] - e_lone)
+        / max(abs(ref[keys.ENERGY][0]), 1e-12),
+        "forces": _rel(out[keys.FORCES][:-1], ref[keys.FORCES]),
+    }
+
+
+def measure_cutoff_continuity(model: Potential, z: tuple[int, int] = (6, 1), num: int = 5) -> float:
+    """|E(r) - E(inf)| for a dimer just inside the cutoff: must vanish smoothly."""
+    far = ase.Atoms(numbers=list(z), positions=[[0, 0, 0], [0, 0, 3 * model.cutoff]])
+    e_inf = predict(model, [far])[keys.ENERGY][0]
+    worst = 0.0
+    for delta in np.logspace(-6, -4, num):
+        near = ase.Atoms(numbers=list(z), positions=[[0, 0, 0], [0, 0, model.cutoff - delta]])
+        worst = max(worst, abs(predict(model, [near])[keys.ENERGY][0] - e_inf))
+    return worst
+
+
+def measure_isolated_atom_error(model: Potential) -> float:
+    """Max |E(single atom) - E0| over the model's elements [eV]."""
+    atoms_list = [ase.Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in model.atomic_numbers]
+    energies = predict(model, atoms_list)[keys.ENERGY]
+    return float(np.abs(energies - model.e0s.detach().cpu().double().numpy()).max())
+
+
+def measure_supercell_error(model: Potential, atoms: ase.Atoms) -> float:
+    """Periodic-image invariance: E(2x1x1 supercell) = 2 E(cell), relative."""
+    e1 = predict(model, [atoms])[keys.ENERGY][0]
+    e2 = predict(model, [atoms.repeat((2, 1, 1))])[keys.ENERGY][0]
+    return abs(e2 - 2 * e1) / max(abs(e1), 1e-12)

@@ -1,0 +1,183 @@
+"""LightningDataModule: LMDB datasets, seeded splits, statistics of the training split.
+
+Inputs may be any ASE-readable file (converted once to an LMDB cache next to the file, or in
+the user cache directory when that folder is read-only; reused while the file is unchanged)
+or an mlip LMDB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+from mlip.data.convert import convert
+from mlip.data.lmdb import LmdbDataset, split_indices, write_metadata
+from mlip.data.stats import DatasetStatistics, compute_statistics, e0s_from_file
+from mlip.graph.build import GraphDataset, collate
+from mlip.graph.stats import count_edges
+
+CACHE_DIR_NAME = ".mlip_cache"
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlip"
+
+
+def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
+    """Where the LMDB cache of ``path`` lives; the name changes when the file changes."""
+    st = path.stat()
+    tag = json.dumps([path.name, st.st_size, st.st_mtime_ns, key_mapping], sort_keys=True)
+    digest = hashlib.sha1(tag.encode()).hexdigest()[:12]
+    folder = path.parent / CACHE_DIR_NAME
+    if not os.access(path.parent, os.W_OK):
+        folder = _user_cache_dir() / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
+    return folder / f"{path.stem}-{digest}.lmdb"
+
+
+def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = None) -> Path:
+    """Return an LMDB for ``path``: itself if it is one, else its (possibly new) cache."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix == ".lmdb":
+        return path
+    key_mapping = key_mapping or {}
+    out = cache_path_for(path, key_mapping)
+    if out.exists():
+        return out
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if rank != 0:  # another process of this node converts; wait for the rename
+        for _ in range(6000):
+            if out.exists():
+                return out
+            time.sleep(0.1)
+        raise TimeoutError(f"waited 10 min for {out} to be written by local rank 0")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert(
+        [path],
+        out,
+        energy_key=key_mapping.get("energy_key"),
+        forces_key=key_mapping.get("forces_key"),
+        stress_key=key_mapping.get("stress_key"),
+        progress=False,
+    )
+    return out
+
+
+def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset]:
+    mapping = {k: data_cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
+    return [LmdbDataset(ensure_lmdb(p, mapping)) for p in paths]
+
+
+class PotentialDataModule(L.LightningDataModule):
+    """Train/val/test loaders of graph batches plus training-split statistics.
+
+    Args:
+        config: the resolved run config; uses ``config['data']`` and ``config['seed']``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.cfg = config["data"]
+        self.dtype = getattr(torch, config["model"]["dtype"])
+        self.train_set: torch.utils.data.Dataset | None = None
+        self.val_set: torch.utils.data.Dataset | None = None
+        self.statistics: DatasetStatistics | None = None
+        self.has_stress = False
+
+    def prepare(self) -> None:
+        """Open (converting if needed) the data, split it and compute statistics."""
+        cfg = self.cfg
+        if not cfg["train"]:
+            raise ValueError("data.train is not set: give the training file(s)")
+        train_sets = open_datasets(cfg["train"], cfg)
+        full = ConcatDataset(train_sets) if len(train_sets) > 1 else train_sets[0]
+        if cfg["val"]:
+            train_idx = np.arange(len(full))
+            val = open_datasets(cfg["val"], cfg)
+            self.val_set = ConcatDataset(val) if len(val) > 1 else val[0]
+        else:
+            size = cfg["val_size"]
+            train_idx, val_idx = split_indices(
+                len(full),
+                val_fraction=None if size is not None else cfg["val_fraction"],
+                val_size=size,
+                seed=self.config["seed"],
+            )
+            self.val_set = Subset(full, val_idx.tolist())
+        if cfg["max_train"] is not None:
+            train_idx = train_idx[: int(cfg["max_train"])]
+        self.train_set = Subset(full, train_idx.tolist())
+        self.statistics = self._statistics(train_sets, train_idx)
+        self.has_stress = any(ds.header.get("labels", {}).get("stress", 0) for ds in train_sets)
+
+    def _statistics(self, train_sets: list[LmdbDataset], train_idx: np.ndarray) -> DatasetStatistics:
+        cfg = self.cfg
+        e0_spec = cfg["e0s"]
+        e0s = None if e0_spec in (None, "least_squares") else e0s_from_file(e0_spec)
+        tag = hashlib.sha1(
+            np.asarray(train_idx, dtype=np.int64).tobytes()
+            + json.dumps([e0_spec, e0s and sorted(e0s.items())]).encode()
+        ).hexdigest()[:12]
+        name = f"statistics/train-{tag}/cutoff={cfg['cutoff']:g}"
+        single = len(train_sets) == 1
+        if single:
+            cached = train_sets[0].metadata(name)
+            if cached:
+                return DatasetStatistics.from_dict(cached)
+        stats = compute_statistics(
+            (self.train_set[i] for i in range(len(self.train_set))),
+            e0s=e0s,
+            cutoff=cfg["cutoff"],
+            neighbor_counter=count_edges,
+        )
+        if single and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            try:
+                write_metadata(train_sets[0].path, name, stats.to_dict())
+            except OSError:
+                pass  # read-only dataset: statistics are recomputed next time
+        return stats
+
+    def data_info(self) -> dict[str, Any]:
+        """Constants the model is built from (all JSON-safe)."""
+        s = self.statistics
+        assert s is not None, "call prepare() first"
+        zs = sorted(s.e0s)
+        return {
+            "atomic_numbers": zs,
+            "e0s": [s.e0s[z] for z in zs],
+            "scale": s.force_rms or s.energy_per_atom_rms or 1.0,
+            "shift": s.energy_per_atom_mean or 0.0,
+            "cutoff": float(self.cfg["cutoff"]),
+            "avg_num_neighbors": s.avg_num_neighbors or 1.0,
+            "has_stress": self.has_stress,
+            "statistics": s.to_dict(),
+        }
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = int(self.cfg["num_workers"])
+        return DataLoader(
+            GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.cfg["batch_size"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.cfg["val_batch_size"], shuffle=False)

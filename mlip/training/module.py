@@ -1,0 +1,169 @@
+"""LightningModule: a Potential, its loss, metrics, EMA and optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from mlip.data import keys
+from mlip.graph.build import batch_to_dict
+from mlip.model.build import build_potential
+from mlip.model.potential import Potential
+from mlip.training.ema import ExponentialMovingAverage
+from mlip.training.metrics import metric_sums, summarize, weighted_loss
+
+
+class PotentialModule(L.LightningModule):
+    """Training wrapper around :class:`~mlip.model.potential.Potential`.
+
+    Args:
+        config: the resolved run config (see :mod:`mlip.training.config`).
+        data_info: dataset-derived constants: atomic_numbers, e0s, scale, shift, cutoff,
+            avg_num_neighbors, has_stress.
+    """
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config
+        self.data_info = data_info
+        dtype = getattr(torch, config["model"]["dtype"])
+        self.model: Potential = build_potential(
+            config["model"],
+            data_info["atomic_numbers"],
+            data_info["e0s"],
+            data_info["scale"],
+            data_info["shift"],
+            data_info["cutoff"],
+            data_info["avg_num_neighbors"],
+        ).to(dtype)
+        tc = config["training"]
+        self.ema = ExponentialMovingAverage(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
+        self.compute_stress = bool(data_info.get("has_stress")) and tc["stress_weight"] > 0
+        self._sums: dict[str, torch.Tensor] = {}
+
+    # -- loss weights (two stages) ----------------------------------------------------
+    def stage_two_epoch(self) -> int | None:
+        start = self.config["training"]["stage_two_start"]
+        if start is None:
+            return None
+        if start < 1:
+            return int(round(start * self.config["training"]["max_epochs"]))
+        return int(start)
+
+    def in_stage_two(self) -> bool:
+        start = self.stage_two_epoch()
+        return start is not None and self.current_epoch >= start
+
+    def loss_weights(self, stage_two: bool) -> tuple[float, float, float]:
+        tc = self.config["training"]
+        if stage_two:
+            return tc["stage_two_energy_weight"], tc["stage_two_forces_weight"], tc["stress_weight"]
+        return tc["energy_weight"], tc["forces_weight"], tc["stress_weight"]
+
+    # -- steps -----------------------------------------------------------------------------
+    def forward(self, data: dict[str, torch.Tensor], training: bool = False) -> dict[str, torch.Tensor]:
+        return self.model(
+            data, compute_forces=True, compute_stress=self.compute_stress, training=training
+        )
+
+    def _accumulate(self, split: str, pred: dict, data: dict) -> None:
+        sums = metric_sums(pred, data)
+        self._sums[split] = self._sums.get(split, torch.zeros_like(sums)) + sums
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        data = batch_to_dict(batch)
+        pred = self(data, training=True)
+        losses = weighted_loss(pred, data, *self.loss_weights(self.in_stage_two()))
+        self._accumulate("train", pred, data)
+        bs = int(data[keys.NUM_ATOMS].shape[0])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        with torch.no_grad():
+            f_mae = 1000 * (pred[keys.FORCES] - data[keys.FORCES]).abs().mean()
+        self.log("f_mae", f_mae, prog_bar=True, logger=False, batch_size=bs)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        data = batch_to_dict(batch)
+        with torch.enable_grad():
+            pred = self(data, training=False)
+        losses = weighted_loss(pred, data, *self.loss_weights(False))
+        self._accumulate("val", pred, data)
+        self.log("val/loss", losses["loss"], batch_size=int(data[keys.NUM_ATOMS].shape[0]),
+                 sync_dist=True, prog_bar=False)
+
+    # -- epoch ends: reduce sums over ranks, log MAE/RMSE ------------------------------------
+    def _log_split(self, split: str) -> dict[str, float]:
+        sums = self._sums.pop(split, None)
+        if sums is None:
+            return {}
+        if self.trainer.world_size > 1:
+            sums = self.all_gather(sums).sum(0)
+        metrics = summarize(sums)
+        for name, value in metrics.items():
+            self.log(f"{split}/{name}", value, prog_bar=(split == "val" and name == "f_mae"),
+                     rank_zero_only=True)
+        return metrics
+
+    def on_train_epoch_start(self) -> None:
+        start = self.stage_two_epoch()
+        lr = self.config["training"]["stage_two_lr"]
+        if start is not None and self.current_epoch == start and lr:
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+
+    def on_train_epoch_end(self) -> None:
+        self._log_split("train")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self._ema_ctx = self.ema.swapped_in(self.model)
+            self._ema_ctx.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.ema is not None and getattr(self, "_ema_ctx", None) is not None:
+            self._ema_ctx.__exit__(None, None, None)
+            self._ema_ctx = None
+        self._log_split("val")
+
+    # -- checkpoint state -----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Model weights for deployment: EMA weights when EMA is on."""
+        if self.ema is None:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with self.ema.swapped_in(self.model):
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # -- optimiser ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        tc = self.config["training"]
+        cls = torch.optim.AdamW if tc["optimizer"] == "adamw" else torch.optim.Adam
+        opt = cls(self.model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"],
+                  amsgrad=tc["amsgrad"])
+        if tc["scheduler"] == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=tc["plateau_factor"], patience=tc["plateau_patience"]
+            )
+            return {"optimizer": opt,
+                    "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+        if tc["scheduler"] == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc["max_epochs"]))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if tc["scheduler"] not in (None, "none"):
+            raise ValueError(f"unknown scheduler {tc['scheduler']!r}: use plateau, cosine or none")
+        return opt

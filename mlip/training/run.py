@@ -1,0 +1,140 @@
+"""One training run: config -> data -> Lightning fit -> deployable model -> test metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from mlip.model.io import load_model, save_model
+from mlip.training.datamodule import PotentialDataModule
+from mlip.training.evaluate import evaluate_file, format_table
+from mlip.training.module import PotentialModule
+
+
+def run_dir_of(config: dict[str, Any]) -> Path:
+    return Path(config["output_dir"]) / config["run_name"]
+
+
+def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    tc = config["training"]
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
+        save_last=True, save_top_k=1,
+    )
+    callbacks: list = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if tc["early_stopping_patience"]:
+        callbacks.append(EarlyStopping("val/loss", patience=int(tc["early_stopping_patience"])))
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=tc["max_epochs"],
+        max_time=tc["max_time"],
+        accelerator=tc["accelerator"],
+        devices=tc["devices"],
+        num_nodes=tc["num_nodes"],
+        strategy=tc["strategy"],
+        gradient_clip_val=tc["gradient_clip"],
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        callbacks=callbacks,
+        inference_mode=False,
+        log_every_n_steps=tc["log_every_n_steps"],
+        check_val_every_n_epoch=tc["check_val_every_n_epoch"],
+        enable_progress_bar=tc["enable_progress_bar"],
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return trainer, checkpoint
+
+
+def export_model(module: PotentialModule, checkpoint_path: str | None, path: Path) -> Path:
+    """Write the deployable model from a Lightning checkpoint (EMA weights when present)."""
+    if checkpoint_path:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        module.on_load_checkpoint(state)
+    model = module.model
+    model.load_state_dict(module.export_state_dict())
+    return save_model(path, model, module.config["model"], module.data_info["avg_num_neighbors"])
+
+
+def train(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Run training as configured; returns a summary dict (also written to summary.json)."""
+    tc = config["training"]
+    if tc["threads"]:
+        torch.set_num_threads(int(tc["threads"]))
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    run_dir = run_dir_of(config)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise FileNotFoundError(f"--resume: {last} does not exist")
+    if not resume and last.exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
+            "run_name (e.g. run_name=NAME)"
+        )
+    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero:
+        with open(run_dir / "config.yaml", "w") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+    t0 = time.time()
+    dm = PotentialDataModule(config)
+    dm.prepare()
+    info = dm.data_info()
+    module = PotentialModule(config, info)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    if rank_zero:
+        s = info["statistics"]
+        print(
+            f"mlip train: {len(dm.train_set)} train / {len(dm.val_set)} val structures, "
+            f"elements {info['atomic_numbers']}, E0s ({s['e0_method']}), "
+            f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
+            f"shift {info['shift']:.4f} eV, {n_params:,} parameters"
+        )
+    trainer, checkpoint = build_trainer(config, run_dir)
+    t_fit = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    fit_seconds = time.time() - t_fit
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "parameters": n_params,
+        "epochs": trainer.current_epoch,
+        "fit_seconds": fit_seconds,
+        "train_structures": len(dm.train_set),
+        "threads": torch.get_num_threads(),
+        "train_structures_per_second": trainer.current_epoch * len(dm.train_set) / max(fit_seconds, 1e-9),
+    }
+    if not trainer.is_global_zero:
+        return summary
+    best = checkpoint.best_model_path or (str(last) if last.exists() else None)
+    model_path = export_model(module, best, run_dir / "model.pt")
+    summary["model"] = str(model_path)
+    summary["best_checkpoint"] = best
+    results = []
+    if config["data"]["test"]:
+        model = load_model(model_path, dtype=getattr(torch, config["model"]["dtype"]))
+        mapping = {k: config["data"][k] for k in ("energy_key", "forces_key", "stress_key")}
+        for path in config["data"]["test"]:
+            r = evaluate_file(model, path, config["data"]["val_batch_size"], mapping)
+            results.append(r)
+        print(format_table(results))
+    summary["test"] = results
+    summary["total_seconds"] = time.time() - t0
+    with open(run_dir / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(
+        f"mlip train: done in {summary['total_seconds']:.0f} s ({summary['epochs']} epochs, "
+        f"{summary['train_structures_per_second']:.1f} structures/s); model: {model_path}"
+    )
+    for r in results:
+        if "f_mae" in r:
+            print(f"held-out force MAE on {Path(r['file']).name}: {r['f_mae']:.2f} meV/Å")
+    return summary
