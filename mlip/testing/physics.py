@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ase
 import numpy as np
-import torch
 
 from mlip.data import keys
 from mlip.graph.build import atoms_to_batch

@@ -115,6 +115,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         config = deep_update(config, loaded)
     for override in overrides:
         apply_override(config, override)
+    backbone = config["model"]["backbone"]
+    if isinstance(backbone, str):  # a preset file, e.g. configs/backbone/cg.yaml
+        candidates = [Path(backbone)] + ([Path(path).parent / backbone] if path else [])
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"model.backbone: preset file {backbone} does not exist")
+        with open(found) as fh:
+            config["model"]["backbone"] = yaml.safe_load(fh)
     for section in ("data", "training"):
         unknown = set(config[section]) - set(DEFAULTS[section])
         if unknown:

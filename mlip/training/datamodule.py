@@ -28,6 +28,24 @@ from mlip.graph.stats import count_edges
 CACHE_DIR_NAME = ".mlip_cache"
 
 
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """Random order that depends only on (seed, epoch), so a resumed run sees the same
+    batches as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _user_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mlip"
@@ -170,7 +188,7 @@ class PotentialDataModule(L.LightningDataModule):
         return DataLoader(
             GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype),
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(len(dataset), self.config["seed"]) if shuffle else None,
             collate_fn=collate,
             num_workers=workers,
             persistent_workers=workers > 0,

@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlip.data import keys
+from mlip.data.lmdb import LmdbDataset
 from mlip.graph.build import GraphDataset, batch_to_dict, collate
 from mlip.model.potential import Potential
 from mlip.training.datamodule import ensure_lmdb
-from mlip.data.lmdb import LmdbDataset
 from mlip.training.metrics import metric_sums, summarize
 
 

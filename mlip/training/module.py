@@ -43,6 +43,7 @@ class PotentialModule(L.LightningModule):
         self.ema = ExponentialMovingAverage(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
         self.compute_stress = bool(data_info.get("has_stress")) and tc["stress_weight"] > 0
         self._sums: dict[str, torch.Tensor] = {}
+        self.last_metrics: dict[str, dict[str, float]] = {}  # reduced over ranks
 
     # -- loss weights (two stages) ----------------------------------------------------
     def stage_two_epoch(self) -> int | None:
@@ -102,6 +103,7 @@ class PotentialModule(L.LightningModule):
         if self.trainer.world_size > 1:
             sums = self.all_gather(sums).sum(0)
         metrics = summarize(sums)
+        self.last_metrics[split] = {**metrics, "structures": int(sums[4].item())}
         for name, value in metrics.items():
             self.log(f"{split}/{name}", value, prog_bar=(split == "val" and name == "f_mae"),
                      rank_zero_only=True)

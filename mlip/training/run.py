@@ -111,6 +111,7 @@ def train(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         "train_structures": len(dm.train_set),
         "threads": torch.get_num_threads(),
         "train_structures_per_second": trainer.current_epoch * len(dm.train_set) / max(fit_seconds, 1e-9),
+        "last_metrics": module.last_metrics,
     }
     if not trainer.is_global_zero:
         return summary

@@ -1,0 +1,439 @@
+"""Structures in one LMDB file: an atomic writer and a fork-safe torch ``Dataset``.
+
+File layout (``subdir=False``: one data file, no directory):
+
+* records ``0 .. count-1`` under 8-byte big-endian keys (key order = index order), each a
+  :mod:`mlip.data.codec` record (no pickle);
+* ``__header__``: JSON described in :meth:`LmdbWriter.header`;
+* ``__meta__/<name>``: cached JSON blobs, e.g. statistics (:func:`write_metadata`).
+
+The writer fills ``OUT.partial-<pid>`` and renames it to ``OUT`` only after the last record
+and the header are on disk, so a crash or an invalid frame never leaves a half-written
+``OUT`` behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import lmdb
+import numpy as np
+import torch.utils.data
+
+from mlip import __version__
+from mlip.data.codec import decode_structure, encode_structure
+from mlip.data.stats import DatasetSummary
+from mlip.data.structure import Structure
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "mlip-lmdb"
+HEADER_KEY = b"__header__"
+META_PREFIX = b"__meta__/"
+UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3", "positions": "Å"}
+INITIAL_MAP_SIZE = 64 * 2**20
+_INDEX = struct.Struct(">Q")
+
+
+class LmdbFormatError(ValueError):
+    """The file is not an mlip LMDB, or one this version cannot read."""
+
+
+def index_key(index: int) -> bytes:
+    """Key of record ``index`` (8-byte big-endian, so keys sort in index order)."""
+    return _INDEX.pack(index)
+
+
+def _meta_key(name: str) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"metadata name must be a non-empty string, got {name!r}")
+    return META_PREFIX + name.encode()
+
+
+def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
+    """Write ``items`` in one transaction, doubling the map size while it is full."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value in items:
+                    txn.put(key, value)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
+def _remove(path: str) -> None:
+    for p in (path, path + "-lock"):
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+
+
+class LmdbWriter:
+    """Write structures into a new LMDB file, atomically.
+
+    Use as a context manager; on normal exit the header is written and the file moved
+    into place, on an exception everything is removed::
+
+        with LmdbWriter("train.lmdb") as writer:
+            for s in structures:
+                writer.add(s)
+
+    Args:
+        path: output file (conventionally ``*.lmdb``).
+        overwrite: replace an existing ``path`` (only once the new file is complete).
+        key_mapping: label keys used when reading, recorded in the header
+            (``{"energy": "REF_energy", "forces": None, ...}``; None = ASE calculator results).
+        sources: input files recorded in the header; default: the structures' ``source``.
+        map_size: initial LMDB map size [bytes]; doubled whenever it fills up.
+        commit_every: records buffered per write transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        overwrite: bool = False,
+        key_mapping: dict[str, str | None] | None = None,
+        sources: list[str] | None = None,
+        map_size: int = INITIAL_MAP_SIZE,
+        commit_every: int = 1000,
+    ) -> None:
+        self.path = str(path)
+        self.overwrite = overwrite
+        self.key_mapping = dict(key_mapping or {"energy": None, "forces": None, "stress": None})
+        self.sources = sources
+        self.map_size = int(map_size)
+        self.commit_every = commit_every
+        self.partial_path = f"{self.path}.partial-{os.getpid()}"
+        self.summary = DatasetSummary()
+        self._env: lmdb.Environment | None = None
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._metadata: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> LmdbWriter:
+        if os.path.exists(self.path) and not self.overwrite:
+            raise FileExistsError(f"{self.path} exists; choose another name or overwrite it")
+        parent = os.path.dirname(self.path) or "."
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"output directory {parent} does not exist")
+        _remove(self.partial_path)
+        self._env = lmdb.open(
+            self.partial_path,
+            map_size=self.map_size,
+            subdir=False,
+            lock=False,  # the partial file is private to this process
+            sync=False,  # one explicit sync before the rename
+            metasync=False,
+            readahead=False,
+        )
+        return self
+
+    def add(self, structure: Structure) -> int:
+        """Append one (already validated) structure.
+
+        Returns:
+            Its index in the file.
+        """
+        if self._env is None:
+            raise RuntimeError("LmdbWriter.add() outside the `with` block")
+        index = self.summary.count
+        self._pending.append((index_key(index), encode_structure(structure)))
+        self.summary.add(structure)
+        if len(self._pending) >= self.commit_every:
+            self._flush(self._env)
+        return index
+
+    def set_metadata(self, name: str, blob: dict[str, Any]) -> None:
+        """Store a JSON blob under ``name`` together with the records."""
+        json.dumps(blob)  # fail now, not at commit
+        _meta_key(name)
+        self._metadata[name] = blob
+
+    def __len__(self) -> int:
+        return self.summary.count
+
+    def header(self) -> dict[str, Any]:
+        """The ``__header__`` record.
+
+        Returns:
+            ``format``, ``schema_version``, ``count``, ``species`` (sorted Z),
+            ``atoms_per_element`` (str(Z) -> atoms), ``atoms_per_structure`` {min, mean, max},
+            ``labels`` (number of structures with energy / forces / stress),
+            ``label_statistics`` (see :meth:`DatasetSummary.to_dict`), ``units``,
+            ``key_mapping``, ``sources``, ``creator`` (``mlip <version>``) and
+            ``created`` (UTC, ISO 8601).
+        """
+        header: dict[str, Any] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
+        header.update(self.summary.to_dict())
+        header["units"] = dict(UNITS)
+        header["key_mapping"] = dict(self.key_mapping)
+        header["sources"] = list(self.sources if self.sources is not None else self.summary.sources)
+        header["creator"] = f"mlip {__version__}"
+        header["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return header
+
+    def _flush(self, env: lmdb.Environment) -> None:
+        if self._pending:
+            _put_all(env, self._pending)
+            self._pending = []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        env, self._env = self._env, None
+        if env is None:
+            return
+        try:
+            if exc_type is None:
+                self._flush(env)
+                final = [(HEADER_KEY, json.dumps(self.header()).encode())]
+                final += [(_meta_key(k), json.dumps(v).encode()) for k, v in self._metadata.items()]
+                _put_all(env, final)
+                env.sync(True)
+            env.close()
+            if exc_type is None:
+                _READERS.drop(self.path)  # readers in this process must see the new file
+                os.replace(self.partial_path, self.path)
+        except BaseException:
+            _remove(self.partial_path)
+            raise
+        finally:
+            self._pending = []
+        _remove(self.partial_path)  # on success only the (absent) lock file is left
+
+
+def _open_readonly(path: str) -> lmdb.Environment:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file; create it with `mlip data convert`")
+    try:
+        return lmdb.open(
+            path, readonly=True, lock=False, readahead=False, subdir=False, max_readers=2048
+        )
+    except lmdb.Error as err:
+        raise LmdbFormatError(
+            f"{path} is not an LMDB file ({err}); create it with `mlip data convert`"
+        ) from None
+
+
+class _ReaderCache:
+    """One read-only environment per file and process.
+
+    LMDB (and py-lmdb's guard) allow a file to be open only once per process, so every
+    :class:`LmdbDataset` on the same file shares one environment. After a fork the
+    inherited environments belong to the parent: the child closes its copies (safe for
+    these lock-free read-only environments; the parent's stay valid) and opens its own.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._envs: dict[str, lmdb.Environment] = {}  # by real path
+        self._real: dict[str, str] = {}  # path as given -> real path
+
+    def _key(self, path: str) -> str:
+        key = self._real.get(path)
+        if key is None:
+            key = self._real[path] = os.path.realpath(path)
+        return key
+
+    def get(self, path: str) -> lmdb.Environment:
+        if self._pid != os.getpid():
+            for env in self._envs.values():
+                env.close()
+            self._envs.clear()
+            self._pid = os.getpid()
+        key = self._key(path)
+        env = self._envs.get(key)
+        if env is None:
+            env = self._envs[key] = _open_readonly(path)
+        return env
+
+    def drop(self, path: str) -> None:
+        """Close the environment of ``path`` (next :meth:`get` reopens it)."""
+        if self._pid != os.getpid():
+            self.get(path)  # discards inherited environments
+        env = self._envs.pop(self._key(path), None)
+        self._real.pop(path, None)
+        if env is not None:
+            env.close()
+
+
+_READERS = _ReaderCache()
+
+
+def _check_header(path: str, raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise LmdbFormatError(
+            f"{path} is an LMDB file but not an mlip dataset (no __header__ record); "
+            "create it with `mlip data convert`"
+        )
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LmdbFormatError(f"{path}: corrupted __header__ record ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise LmdbFormatError(f"{path}: __header__ is not an mlip LMDB header")
+    version = header.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise LmdbFormatError(
+            f"{path} has schema version {version}, newer than this mlip reads "
+            f"({SCHEMA_VERSION}); upgrade mlip or re-create the file with this version"
+        )
+    return header
+
+
+class LmdbDataset(torch.utils.data.Dataset):
+    """Read-only, random-access structures from an mlip LMDB file.
+
+    The LMDB environment is opened lazily in the process that reads, and reopened after a
+    fork (``os.getpid()`` changes), so the dataset can go to ``DataLoader`` workers as is
+    (fork or spawn). Datasets on the same file in one process share one environment.
+
+    Args:
+        path: file written by :class:`LmdbWriter` (e.g. by ``mlip data convert``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._header: dict[str, Any] | None = None
+
+    def _environment(self) -> lmdb.Environment:
+        env = _READERS.get(self.path)
+        if self._header is None:
+            with env.begin() as txn:
+                raw = txn.get(HEADER_KEY)
+            try:
+                self._header = _check_header(self.path, raw)
+            except LmdbFormatError:
+                _READERS.drop(self.path)
+                raise
+        return env
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The ``__header__`` record (see :meth:`LmdbWriter.header`)."""
+        self._environment()
+        assert self._header is not None
+        return self._header
+
+    def __len__(self) -> int:
+        header = self._header if self._header is not None else self.header
+        return int(header["count"])
+
+    def __getitem__(self, index: int) -> Structure:
+        env = self._environment()
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} out of range for {self.path} with {n} structures")
+        with env.begin(buffers=True) as txn:
+            raw = txn.get(index_key(i))
+            if raw is None:
+                raise LmdbFormatError(f"{self.path}: record {i} is missing; the file is damaged")
+            return decode_structure(raw)
+
+    def __iter__(self) -> Iterator[Structure]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def metadata(self, name: str) -> dict[str, Any] | None:
+        """The JSON blob stored under ``name``, or None."""
+        with self._environment().begin() as txn:
+            raw = txn.get(_meta_key(name))
+        return None if raw is None else json.loads(raw)
+
+    def metadata_names(self) -> list[str]:
+        """Names of all stored metadata blobs, sorted."""
+        names = []
+        with self._environment().begin() as txn, txn.cursor() as cursor:
+            if cursor.set_range(META_PREFIX):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(META_PREFIX):
+                        break
+                    names.append(key[len(META_PREFIX) :].decode())
+        return names
+
+    def close(self) -> None:
+        """Close this process's environment of the file (any access reopens it)."""
+        _READERS.drop(self.path)
+
+
+def write_metadata(path: str | Path, name: str, blob: dict[str, Any]) -> None:
+    """Store (or replace) a JSON blob in an existing mlip LMDB, e.g. cached statistics.
+
+    Readers in this process pick the new blob up on their next access. Readers in other
+    processes must not be reading the file while it is written (LMDB readers opened
+    without locks are not protected from a writer): cache blobs before training starts.
+
+    Args:
+        path: an mlip LMDB file.
+        name: blob name, e.g. :func:`mlip.data.stats.statistics_key` ``("train", 5.0)``.
+        blob: JSON-serialisable dict.
+
+    Raises:
+        LmdbFormatError: ``path`` is not an mlip LMDB.
+        OSError: the file cannot be written (read-only location).
+    """
+    path = str(path)
+    value = json.dumps(blob).encode()
+    key = _meta_key(name)
+    _check = LmdbDataset(path).header  # raises unless this is an mlip LMDB
+    _READERS.drop(path)
+    size = os.path.getsize(path)
+    try:
+        # With the lock (file ``path-lock``) concurrent writers, e.g. DDP ranks, serialise.
+        env = lmdb.open(path, subdir=False, map_size=size + 2 * len(value) + 2**20, readahead=False)
+    except lmdb.Error as err:
+        raise OSError(f"cannot write metadata to {path}: {err}; is the file writable?") from None
+    try:
+        _put_all(env, [(key, value)])
+    finally:
+        env.close()
+
+
+def split_indices(
+    n: int,
+    val_fraction: float | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random train/validation split of ``range(n)``.
+
+    Args:
+        n: number of structures.
+        val_fraction: fraction in [0, 1) for validation (rounded; at least 1 when > 0).
+        val_size: number of validation structures; give this or ``val_fraction``.
+        seed: seed of ``numpy.random.default_rng``; same seed, same split.
+
+    Returns:
+        ``(train_idx, val_idx)``: disjoint, sorted int64 arrays that cover ``range(n)``.
+
+    >>> [a.tolist() for a in split_indices(5, val_size=2, seed=0)]
+    [[0, 1, 3], [2, 4]]
+    """
+    if (val_fraction is None) == (val_size is None):
+        raise ValueError("give exactly one of val_fraction and val_size")
+    if val_fraction is not None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        val_size = int(round(val_fraction * n))
+        if val_fraction > 0 and val_size == 0:
+            val_size = 1
+    assert val_size is not None
+    if not 0 <= val_size < n:
+        raise ValueError(
+            f"validation size {val_size} leaves no training data out of {n} structures"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
