@@ -82,6 +82,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         payload["cutoff"],
         payload["avg_num_neighbors"],
     )
-    potential.load_state_dict(payload["state_dict"])
-    target = dtype or getattr(torch, payload.get("dtype", "float32"))
-    return potential.to(device=device, dtype=target).eval()
+    saved = getattr(torch, payload.get("dtype", "float32"))
+    # Load at the saved precision (loading float64 weights into float32 parameters would
+    # round them), then cast.
+    potential.to(saved).load_state_dict(payload["state_dict"])
+    return potential.to(device=device, dtype=dtype or saved).eval()

@@ -1,0 +1,168 @@
+"""Training: overfitting, the train CLI end to end, checkpoint -> model file round trip,
+exact resume, and a 2-process DDP run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+import yaml
+from mlip.graph.build import atoms_to_batch
+
+from mlip.cli.main import main
+from mlip.data import keys
+from mlip.model.build import build_potential
+from mlip.model.io import load_model
+from mlip.training.metrics import weighted_loss
+
+TINY_BACKBONE = {
+    "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
+    "init_args": {"channels": 8, "lmax_hidden": 1, "lmax_sh": 1, "correlation": 2,
+                  "num_layers": 2, "radial_hidden": 16},
+}
+
+
+def test_overfit_five_frames(bundled_acac):
+    """Five acac frames: 150 Adam steps drive the force loss down by more than 10x."""
+    torch.manual_seed(0)
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":5")
+    e0 = {a.numbers[0]: a.get_potential_energy()
+          for a in ase.io.read(bundled_acac / "isolated_atoms.xyz", ":")}
+    model = build_potential({"backbone": TINY_BACKBONE}, [1, 6, 8], [e0[1], e0[6], e0[8]],
+                            1.0, 0.0, 5.0, 12.0)
+    data = atoms_to_batch(frames, 5.0, dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        parts = weighted_loss(model(data, training=True), data, 1.0, 100.0, 0.0)
+        parts["loss"].backward()
+        opt.step()
+        losses.append(float(parts["loss_f"]))
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def write_config(tmp_path: Path, shared_data: Path, **training) -> Path:
+    config = {
+        "run_name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "seed": 1,
+        "data": {"train": str(shared_data / "tiny" / "acac_20.xyz"), "val_size": 6,
+                 "test": [str(shared_data / "tiny" / "acac_20.xyz")],
+                 "e0s": str(shared_data / "acac" / "isolated_atoms.xyz"),
+                 "batch_size": 4, "val_batch_size": 3, "cutoff": 4.0},
+        "model": {"dtype": "float64", "backbone": TINY_BACKBONE},
+        "training": {"max_epochs": 2, "lr": 0.005, "enable_progress_bar": False,
+                     "threads": 1, "stage_two_start": 1, "log_every_n_steps": 1, **training},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tiny_data(shared_data, tmp_path, monkeypatch):
+    """Work on a copy of the tiny acac file so the LMDB cache lands in tmp_path."""
+    src = shared_data / "tiny" / "acac_20.xyz"
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "acac").mkdir()
+    (tmp_path / "tiny" / "acac_20.xyz").write_bytes(src.read_bytes())
+    (tmp_path / "acac" / "isolated_atoms.xyz").write_bytes(
+        (shared_data / "acac" / "isolated_atoms.xyz").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_cli_writes_run_and_model_round_trips(tiny_data, capsys):
+    cfg = write_config(tiny_data, tiny_data)
+    assert main(["train", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out force MAE on acac_20.xyz" in out
+    run = tiny_data / "runs" / "tiny"
+    for rel in ("config.yaml", "model.pt", "summary.json", "checkpoints/last.ckpt",
+                "checkpoints/best.ckpt"):
+        assert (run / rel).is_file(), rel
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # The model file is plain data: loadable with weights_only=True.
+    payload = torch.load(run / "model.pt", weights_only=True)
+    assert payload["atomic_numbers"] == [1, 6, 8] and payload["cutoff"] == 4.0
+    # checkpoint (EMA weights) -> model file -> reload: identical predictions.
+    from mlip.training.module import PotentialModule
+
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    module = PotentialModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.model.load_state_dict(module.export_state_dict())
+    frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":4")
+    data = atoms_to_batch(frames, 4.0, dtype=torch.float64)
+    a = module.model(data)
+    b = load_model(run / "model.pt")(data)
+    assert torch.equal(a[keys.ENERGY], b[keys.ENERGY])
+    assert torch.equal(a[keys.FORCES], b[keys.FORCES])
+    # A second run into the same folder is refused with a clear message.
+    assert main(["train", "--config", str(cfg)]) == 1
+    assert "--resume" in capsys.readouterr().err
+    # mlip eval: table, JSON, parity plots.
+    js = tiny_data / "eval.json"
+    assert main(["eval", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
+                 "--json", str(js), "--plots", str(tiny_data / "plots")]) == 0
+    result = json.loads(js.read_text())["results"][0]
+    assert result["structures"] == 20 and result["f_mae"] > 0
+    assert (tiny_data / "plots" / "acac_20_forces.png").is_file()
+
+
+def test_eval_energy_only_file(tiny_data, shared_data, capsys):
+    cfg = write_config(tiny_data, tiny_data, max_epochs=1)
+    assert main(["train", "--config", str(cfg), "data.test=[]"]) == 0
+    no_forces = tiny_data / "no_forces.xyz"
+    no_forces.write_bytes((shared_data / "tiny" / "no_forces.xyz").read_bytes())
+    js = tiny_data / "e.json"
+    assert main(["eval", str(tiny_data / "runs" / "tiny" / "model.pt"), str(no_forces),
+                 "--json", str(js)]) == 0
+    result = json.loads(js.read_text())["results"][0]
+    assert "e_mae" in result and "f_mae" not in result
+
+
+def test_resume_continues_exactly(tiny_data):
+    """2 epochs straight == 1 epoch, then --resume to 2 (weights, EMA and optimiser)."""
+    cfg = write_config(tiny_data, tiny_data)
+    assert main(["train", "--config", str(cfg), "run_name=straight"]) == 0
+    assert main(["train", "--config", str(cfg), "run_name=split",
+                 "training.max_epochs=1"]) == 0
+    assert main(["train", "--config", str(cfg), "run_name=split", "--resume"]) == 0
+    a = torch.load(tiny_data / "runs" / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tiny_data / "runs" / "split" / "model.pt", weights_only=True)
+    la = torch.load(tiny_data / "runs" / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    lb = torch.load(tiny_data / "runs" / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert la["epoch"] == lb["epoch"]
+    for k, v in la["state_dict"].items():
+        torch.testing.assert_close(lb["state_dict"][k], v, rtol=1e-10, atol=1e-12)
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_data):
+    """Two gloo processes: metrics are reduced over both ranks, one model file is written."""
+    cfg = write_config(tiny_data, tiny_data, max_epochs=1, accelerator="cpu", devices=2,
+                       strategy="ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlip", "train", "--config", str(cfg)],
+        cwd=tiny_data, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tiny_data / "runs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    # 14 training structures split over 2 ranks: each rank sees 7, the reduced count is 14.
+    assert summary["last_metrics"]["train"]["structures"] == 14
+    assert summary["last_metrics"]["val"]["structures"] == 6
+    assert len(list((run / "checkpoints").glob("best*.ckpt"))) == 1
+    assert (run / "model.pt").is_file()
