@@ -14,7 +14,7 @@ ATOMIC_NUMBERS = "atomic_numbers"  # (N,) int64 | element Z
 FORCES = "forces"  # (N, 3) float | forces, -dE/dpos [eV/Å]
 BATCH = "batch"  # (N,) int64 | index of the structure each atom belongs to
 NODE_FEATURES = "node_features"  # (N, F) float | last-layer node features (irreps layout)
-ATOMIC_ENERGIES = "atomic_energies"  # (N,) float | per-atom energies incl. E0 [eV]
+ATOMIC_ENERGIES = "atomic_energies"  # (N,) float64 | per-atom energies incl. E0 [eV]
 
 # --- per edge ----------------------------------------------------------------------
 EDGE_INDEX = "edge_index"  # (2, E) int64 | (sender j, receiver i)
@@ -26,7 +26,7 @@ EDGE_LENGTHS = "edge_lengths"  # (E,) float | |edge_vectors| [Å]
 CELL = "cell"  # (B, 3, 3) float | lattice vectors as rows [Å]; zeros when not periodic
 PBC = "pbc"  # (B, 3) bool | periodic along each cell vector
 NUM_ATOMS = "num_atoms"  # (B,) int64 | atoms per structure
-ENERGY = "energy"  # (B,) float | total potential energy [eV]
+ENERGY = "energy"  # (B,) float64 | total potential energy [eV] (always float64)
 STRESS = "stress"  # (B, 3, 3) float | (1/V) dE/dstrain, ASE sign (tension > 0) [eV/Å^3]
 VIRIAL = "virial"  # (B, 3, 3) float | -dE/dstrain [eV]
 CHARGE = "charge"  # (B,) float | total charge [e]

@@ -71,7 +71,8 @@ def structure_to_data(
             keys.NUM_ATOMS: torch.tensor([n], dtype=torch.long),
             keys.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.long),
             keys.CELL_SHIFTS: f(shifts),
-            keys.ENERGY: f([structure.energy if structure.energy is not None else 0.0]),
+            # Total energies stay float64: float32 resolves only ~1 meV at 10^4 eV.
+            keys.ENERGY: torch.tensor([structure.energy or 0.0], dtype=torch.float64),
             keys.FORCES: f(structure.forces) if structure.forces is not None else torch.zeros(n, 3, dtype=dtype),
             keys.STRESS: (f(structure.stress) if structure.stress is not None else torch.zeros(3, 3, dtype=dtype)).unsqueeze(0),
             keys.CHARGE: f([structure.charge]),

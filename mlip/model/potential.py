@@ -6,6 +6,10 @@ where b_i is the backbone's per-atom output, b_iso[z] the backbone's output for 
 of element z (so an isolated atom has exactly E0), and n_i = sum_j u(r_ij) the smooth
 coordination number (u the cutoff envelope), so the shift, too, vanishes continuously as
 neighbours leave the cutoff.
+
+Energies are accumulated in float64 whatever the model dtype: total energies of molecules
+are thousands of eV, where float32 resolves only ~1 meV. The E0s are kept in float64 on
+every ``.to(dtype)``; forces keep the model dtype.
 F = -dE/dpos, stress = (1/V) dE/d(strain) with a symmetric strain applied to positions and
 cell (ASE sign: positive = tension), all by autograd in one place (:meth:`Potential.forward`).
 """
@@ -58,11 +62,21 @@ class Potential(nn.Module):
             len(self.atomic_numbers)
         )
         self.register_buffer("z_to_species", z_to_species)
-        self.register_buffer("e0s", torch.tensor(e0s, dtype=torch.get_default_dtype()))
+        self.register_buffer("e0s", torch.tensor(e0s, dtype=torch.float64))
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
         self.envelope = PolynomialCutoff(cutoff)
+
+    def _apply(self, fn, recurse: bool = True):
+        # Move the float64 E0s to the new device without ever casting them to float32.
+        e0s = self._buffers.pop("e0s")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = self.scale.device
+            self._buffers["e0s"] = e0s.to(device=device, dtype=torch.float64)
+        return self
 
     def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """(N,) Z -> (N,) species index, -1 for elements the model does not know."""
@@ -98,7 +112,7 @@ class Potential(nn.Module):
                 back-propagated.
 
         Returns:
-            dict with ENERGY (B,), ATOMIC_ENERGIES (N,), NODE_FEATURES, and FORCES / STRESS /
+            dict with ENERGY (B,) and ATOMIC_ENERGIES (N,) in float64, NODE_FEATURES, and FORCES / STRESS /
             VIRIAL when asked.
         """
         pos = data[keys.POSITIONS]
@@ -121,12 +135,9 @@ class Potential(nn.Module):
         receiver = data[keys.EDGE_INDEX][1]
         coordination = scatter_sum(self.envelope(vectors.norm(dim=-1)), receiver, pos.shape[0])
         interaction = out[keys.NODE_ENERGIES] - self.isolated_backbone_energies(pos)[species]
-        atomic = (
-            self.e0s[species]
-            + self.scale * interaction
-            + self.shift * self.inv_avg_neighbors * coordination
-        )
-        energy = scatter_sum(atomic, batch, num_graphs)
+        atomic = (self.scale * interaction + self.shift * self.inv_avg_neighbors * coordination)
+        atomic = atomic.double() + self.e0s[species]
+        energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {
             keys.ENERGY: energy,
             keys.ATOMIC_ENERGIES: atomic,
