@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -44,19 +45,34 @@ class PotentialModule(L.LightningModule):
         self.compute_stress = bool(data_info.get("has_stress")) and tc["stress_weight"] > 0
         self._sums: dict[str, torch.Tensor] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}  # reduced over ranks
+        self.stage_two = False
+        self._fit_start: float | None = None
 
     # -- loss weights (two stages) ----------------------------------------------------
-    def stage_two_epoch(self) -> int | None:
-        start = self.config["training"]["stage_two_start"]
-        if start is None:
-            return None
-        if start < 1:
-            return int(round(start * self.config["training"]["max_epochs"]))
-        return int(start)
+    def budget_fraction(self) -> float:
+        """How much of the training budget is used: epochs / max_epochs, or elapsed /
+        max_time when a wall-time budget is set and binds first."""
+        tc = self.config["training"]
+        frac = self.current_epoch / max(1, tc["max_epochs"])
+        if tc["max_time"] and self._fit_start is not None:
+            dd, hh, mm, ss = (int(x) for x in str(tc["max_time"]).split(":"))
+            budget = ((dd * 24 + hh) * 60 + mm) * 60 + ss
+            frac = max(frac, (time.time() - self._fit_start) / max(budget, 1))
+        return frac
 
-    def in_stage_two(self) -> bool:
-        start = self.stage_two_epoch()
-        return start is not None and self.current_epoch >= start
+    def update_stage(self) -> None:
+        """Enter stage two (latched) once the configured start is reached: an epoch
+        number (>= 1) or a fraction of the budget (< 1)."""
+        start = self.config["training"]["stage_two_start"]
+        if self.stage_two or start is None:
+            return
+        if (start < 1 and self.budget_fraction() >= start) or (start >= 1 and self.current_epoch >= start):
+            self.stage_two = True
+            lr = self.config["training"]["stage_two_lr"]
+            if lr:
+                for opt in self.trainer.optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
 
     def loss_weights(self, stage_two: bool) -> tuple[float, float, float]:
         tc = self.config["training"]
@@ -77,7 +93,7 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         data = batch_to_dict(batch)
         pred = self(data, training=True)
-        losses = weighted_loss(pred, data, *self.loss_weights(self.in_stage_two()))
+        losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
         self._accumulate("train", pred, data)
         bs = int(data[keys.NUM_ATOMS].shape[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
@@ -109,13 +125,12 @@ class PotentialModule(L.LightningModule):
                      rank_zero_only=True)
         return metrics
 
+    def on_train_start(self) -> None:
+        self._fit_start = time.time()
+
     def on_train_epoch_start(self) -> None:
-        start = self.stage_two_epoch()
-        lr = self.config["training"]["stage_two_lr"]
-        if start is not None and self.current_epoch == start and lr:
-            for opt in self.trainer.optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
+        self.update_stage()
+        self.log("stage", float(self.stage_two), rank_zero_only=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_split("train")
@@ -137,10 +152,12 @@ class PotentialModule(L.LightningModule):
 
     # -- checkpoint state -----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["stage_two"] = self.stage_two
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.stage_two = bool(checkpoint.get("stage_two", False))
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
 
