@@ -57,12 +57,24 @@ def build_potential(
     shift: float,
     cutoff: float,
     avg_num_neighbors: float,
+    prepare: bool = True,
 ) -> Potential:
-    """A Potential around the configured backbone (float32/64 as the caller casts it)."""
+    """A Potential around the configured backbone (float32/64 as the caller casts it).
+
+    With ``prepare`` (a new model), every submodule that has a ``prepare()`` method gets it
+    called once: the explicit step that fills precomputed constants (e.g. CP factors from
+    the cache or a deterministic fit). Loading a saved model skips it: its state dict
+    carries those constants.
+    """
     backbone = build_backbone(
         model_config["backbone"], len(atomic_numbers), cutoff, avg_num_neighbors
     )
-    return Potential(
+    potential = Potential(
         backbone, atomic_numbers, e0s, scale=scale, shift=shift, cutoff=cutoff,
         avg_num_neighbors=avg_num_neighbors,
     )
+    if prepare:
+        for module in potential.modules():
+            if module is not potential and callable(getattr(module, "prepare", None)):
+                module.prepare()
+    return potential

@@ -81,6 +81,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         payload["shift"],
         payload["cutoff"],
         payload["avg_num_neighbors"],
+        prepare=False,
     )
     saved = getattr(torch, payload.get("dtype", "float32"))
     # Load at the saved precision (loading float64 weights into float32 parameters would
