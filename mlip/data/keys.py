@@ -57,3 +57,4 @@ GRAPH_KEYS = (
 # --- model internals -----------------------------------------------------------------
 SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
 NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift
+EQUIVARIANT_EMBEDDING = "equivariant_embedding"  # (N, C, (L+1)^2) float | learned-equivariant embedding (TransIP)

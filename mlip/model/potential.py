@@ -138,11 +138,8 @@ class Potential(nn.Module):
         atomic = (self.scale * interaction + self.shift * self.inv_avg_neighbors * coordination)
         atomic = atomic.double() + self.e0s[species]
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
-        result = {
-            keys.ENERGY: energy,
-            keys.ATOMIC_ENERGIES: atomic,
-            keys.NODE_FEATURES: out[keys.NODE_FEATURES],
-        }
+        result = {k: v for k, v in out.items() if k != keys.NODE_ENERGIES}  # extra outputs
+        result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})
         wrt = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(

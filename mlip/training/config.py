@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         "stage_two_energy_weight": 1000.0,
         "stage_two_forces_weight": 100.0,
         "stage_two_lr": None,
+        # Symmetry without equivariant layers (TransIP and friends):
+        "augment_rotations": False,  # rotate every training batch randomly (baseline)
+        "equivariance_weight": 0.0,  # weight of the learned-equivariance loss (> 0 enables)
         "ema_decay": 0.99,  # 0 disables EMA
         "gradient_clip": 10.0,
         "early_stopping_patience": None,  # epochs without val-loss improvement

@@ -14,6 +14,7 @@ from mlip.model.build import build_potential
 from mlip.model.potential import Potential
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.metrics import metric_sums, summarize, weighted_loss
+from mlip.training.symmetry import equivariance_loss, random_rotations, rotate_batch
 
 
 class PotentialModule(L.LightningModule):
@@ -90,10 +91,31 @@ class PotentialModule(L.LightningModule):
         sums = metric_sums(pred, data)
         self._sums[split] = self._sums.get(split, torch.zeros_like(sums)) + sums
 
+    def _rotations(self, num: int) -> torch.Tensor:
+        """Random rotations that depend only on (seed, step): resumes stay exact."""
+        g = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + self.global_step)
+        return random_rotations(num, g, device=self.device)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         data = batch_to_dict(batch)
+        tc = self.config["training"]
+        num_graphs = int(data[keys.NUM_ATOMS].shape[0])
+        if tc["augment_rotations"]:
+            data = rotate_batch(data, self._rotations(num_graphs))
         pred = self(data, training=True)
         losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
+        if tc["equivariance_weight"] > 0:
+            if keys.EQUIVARIANT_EMBEDDING not in pred:
+                raise ValueError("training.equivariance_weight > 0 needs a backbone with an "
+                                 f"{keys.EQUIVARIANT_EMBEDDING!r} output (e.g. TransIPBackbone)")
+            rotations = self._rotations(num_graphs)
+            rotated = self.model(rotate_batch(data, rotations), compute_forces=False)
+            z = pred[keys.EQUIVARIANT_EMBEDDING]
+            lmax = int(round(z.shape[-1] ** 0.5)) - 1
+            eq = equivariance_loss(z, rotated[keys.EQUIVARIANT_EMBEDDING], rotations,
+                                   data[keys.BATCH], lmax)
+            losses["loss"] = losses["loss"] + tc["equivariance_weight"] * eq
+            self.log("train/equivariance_loss", eq, batch_size=num_graphs)
         self._accumulate("train", pred, data)
         bs = int(data[keys.NUM_ATOMS].shape[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)

@@ -1,0 +1,63 @@
+"""Rotations for training: data augmentation and the learned-equivariance objective."""
+
+from __future__ import annotations
+
+import torch
+
+from mlip.data import keys
+from mlip.ops.sh import num_components, wigner_d
+
+
+def random_rotations(num: int, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """(num, 3, 3) Haar-uniform rotations from random unit quaternions."""
+    q = torch.randn(num, 4, generator=generator, dtype=torch.float64)
+    q = q / q.norm(dim=1, keepdim=True)
+    a, b, c, d = q.unbind(1)
+    r = torch.stack([
+        a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c),
+        2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b),
+        2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d,
+    ], dim=1).view(num, 3, 3)
+    return r.to(dtype=dtype, device=device)
+
+
+def rotate_batch(data: dict[str, torch.Tensor], rotations: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rotate positions, cells and the vector/tensor labels of every structure.
+
+    Args:
+        data: batch dict.
+        rotations: (B, 3, 3), one per structure; x -> R x.
+    """
+    out = dict(data)
+    r = rotations.to(data[keys.POSITIONS].dtype)
+    r_atom = r[data[keys.BATCH]]
+    out[keys.POSITIONS] = torch.einsum("nij,nj->ni", r_atom, data[keys.POSITIONS])
+    out[keys.CELL] = data[keys.CELL] @ r.transpose(1, 2)
+    if keys.FORCES in data:
+        out[keys.FORCES] = torch.einsum("nij,nj->ni", r_atom, data[keys.FORCES])
+    if keys.STRESS in data:
+        out[keys.STRESS] = r @ data[keys.STRESS] @ r.transpose(1, 2)
+    return out
+
+
+def equivariance_loss(
+    embedding: torch.Tensor, embedding_rotated: torch.Tensor, rotations: torch.Tensor,
+    batch: torch.Tensor, lmax: int,
+) -> torch.Tensor:
+    """|| Z(R x) - Z(x) D(R)^T ||^2 / || Z(x) ||^2 (mean over atoms, channels, components).
+
+    The normaliser (no gradient) stops the trivial solution of shrinking the embedding.
+
+    Args:
+        embedding: (N, C, (lmax+1)^2) embedding of the original structures.
+        embedding_rotated: the same for the rotated structures.
+        rotations: (B, 3, 3) the rotations applied.
+        batch: (N,) structure of each atom.
+        lmax: degree of the embedding.
+    """
+    d = torch.stack([wigner_d(lmax, r) for r in rotations.double().cpu()]).to(embedding)
+    assert d.shape[-1] == num_components(lmax)
+    target = torch.einsum("ncj,nkj->nck", embedding, d[batch])
+    scale = embedding.detach().square().mean().clamp(min=1e-12)
+    return (embedding_rotated - target).square().mean() / scale

@@ -1,0 +1,78 @@
+"""TransIP: exact translation/permutation invariance, measured (not assumed) rotation
+error, forces = -dE/dr, and the learned-equivariance objective reducing the error."""
+
+from __future__ import annotations
+
+import ase.io
+import pytest
+import torch
+
+from mlip.data import keys
+from mlip.graph.build import atoms_to_batch
+from mlip.model.build import build_potential
+from mlip.testing import physics
+from mlip.training.symmetry import equivariance_loss, random_rotations, rotate_batch
+
+BACKBONE = {
+    "class_path": "mlip.backbones.transip.TransIPBackbone",
+    "init_args": {"width": 32, "depth": 2, "heads": 2, "edge_width": 32,
+                  "embedding_channels": 8, "embedding_lmax": 2},
+}
+E0S = [-13.568422344967, -1026.8538996116, -2037.796869316]
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return build_potential({"backbone": BACKBONE}, [1, 6, 8], E0S, 1.0, 0.0, 5.0, 12.0)
+
+
+@pytest.fixture(scope="module")
+def frames(bundled_acac):
+    return ase.io.read(bundled_acac / "train_300K.xyz", ":20")
+
+
+def test_translation_permutation_exact_and_fd_forces(frames):
+    model = make_model().double()
+    for err in (physics.measure_translation_error(model, frames[0]),
+                physics.measure_permutation_error(model, frames[0])):
+        assert err["energy"] < 1e-12 and err["forces"] < 1e-10, err
+    assert physics.measure_force_fd_error(model, frames[1]) < 1e-6
+    assert physics.measure_isolated_atom_error(model) < 1e-10
+    loc = physics.measure_locality_error(model, frames[2])
+    assert loc["energy"] < 1e-12 and loc["forces"] < 1e-10
+    assert physics.measure_cutoff_continuity(model) < 1e-9
+
+
+def test_rotation_is_not_built_in(frames):
+    """Rotation invariance is NOT assumed: the kit measures it, and an untrained
+    Transformer is far from equivariant."""
+    err = physics.measure_rotation_error(make_model().double(), frames[3], num=3)
+    assert err["forces"] > 0.03, err
+
+
+def test_equivariance_loss_is_zero_for_an_equivariant_embedding():
+    """The objective's target is the Wigner-D action: edge SH are exactly equivariant."""
+    from mlip.ops.sh import spherical_harmonics
+
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(6, 4, 3, generator=g, dtype=torch.float64)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    rot = random_rotations(2, g)
+    z = spherical_harmonics(vec.reshape(-1, 3), 2).view(6, 4, 9)
+    rotated = torch.einsum("nij,ncj->nci", rot[batch], vec)
+    z_rot = spherical_harmonics(rotated.reshape(-1, 3), 2).view(6, 4, 9)
+    assert equivariance_loss(z, z_rot, rot, batch, 2) < 1e-24
+    assert equivariance_loss(z, z, rot, batch, 2) > 0.1
+
+
+def test_rotate_batch_is_a_rotation(frames):
+    data = atoms_to_batch(frames[:3], 5.0, dtype=torch.float64)
+    rot = random_rotations(3, torch.Generator().manual_seed(1))
+    out = rotate_batch(data, rot)
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(3, dtype=torch.float64))
+    # Distances are preserved, forces rotate with the positions.
+    i = 4
+    r = rot[data[keys.BATCH][i]]
+    assert torch.allclose(out[keys.POSITIONS][i], r @ data[keys.POSITIONS][i])
+    assert torch.allclose(out[keys.FORCES][i], r @ data[keys.FORCES][i])
