@@ -93,15 +93,18 @@ class CGTensorProduct(TensorProduct):
         super().__init__(lmax_in1, lmax_in2, lmax_out)
         self.paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
         self.weight_numel = len(self.paths)
-        # Non-persistent: derived data, rebuilt from the lmax values, not saved.
-        self.register_buffer("path_tensor", torch.empty(0), persistent=False)
+        # Derived constants, cast from the float64 master per (dtype, device) on first use.
+        # Deliberately not a buffer: Module.to() would cast a float32 copy up to float64
+        # and keep its rounding.
+        self._constants: dict[tuple, torch.Tensor] = {}
 
     def _path_tensor(self, like: torch.Tensor) -> torch.Tensor:
-        if self.path_tensor.numel() == 0 or self.path_tensor.dtype != like.dtype:
-            self.path_tensor = cg_path_tensor(self.lmax_in1, self.lmax_in2, self.lmax_out).to(
-                device=like.device, dtype=like.dtype
-            )
-        return self.path_tensor
+        key = (like.dtype, like.device)
+        if key not in self._constants:
+            self._constants[key] = cg_path_tensor(
+                self.lmax_in1, self.lmax_in2, self.lmax_out
+            ).to(device=like.device, dtype=like.dtype)
+        return self._constants[key]
 
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None

@@ -1,0 +1,114 @@
+"""ASE calculator: equals the model, finite differences, stress, errors, Verlet skin."""
+
+from __future__ import annotations
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+from ase.units import fs
+
+from mlip.calculator import AtomsTooCloseError, MLIPCalculator, UnknownElementError
+from mlip.data import keys
+from mlip.graph.build import atoms_to_batch
+from mlip.model.io import save_model
+
+
+def test_calculator_equals_model(trained_acac_model, copper_model, shared_data):
+    model, frames = trained_acac_model
+    atoms = frames[3].copy()
+    atoms.calc = MLIPCalculator(model, device="cpu")
+    ref = model(atoms_to_batch([atoms], model.cutoff, dtype=torch.float64))
+    assert atoms.get_potential_energy() == pytest.approx(float(ref[keys.ENERGY][0]), abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), ref[keys.FORCES].detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(atoms.get_potential_energies().sum(), atoms.get_potential_energy())
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+    cu = ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", 6)
+    cu.calc = MLIPCalculator(copper_model, device="cpu")
+    ref = copper_model(atoms_to_batch([cu], copper_model.cutoff, dtype=torch.float64),
+                       compute_stress=True)
+    s = ref[keys.STRESS][0].detach().numpy()
+    np.testing.assert_allclose(cu.get_stress(), [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]],
+                               atol=1e-12)
+
+
+def test_forces_match_finite_differences_through_calculator(trained_acac_model):
+    model, frames = trained_acac_model
+    atoms = frames[5].copy()
+    atoms.calc = MLIPCalculator(model, device="cpu", skin=0.0)
+    forces = atoms.get_forces()
+    h = 1e-3
+    for i, k in ((0, 0), (7, 2), (12, 1)):
+        energies = []
+        for step, coeff in ((-2, 1 / 12), (-1, -8 / 12), (1, 8 / 12), (2, -1 / 12)):
+            moved = atoms.copy()
+            moved.calc = atoms.calc
+            moved.positions[i, k] += step * h
+            energies.append(coeff * moved.get_potential_energy() / h)
+        assert -sum(energies) == pytest.approx(forces[i, k], abs=1e-7)
+
+
+def test_stress_matches_strained_cells(copper_model, shared_data):
+    cu = ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", 6)  # sheared, non-orthogonal
+    cu.calc = MLIPCalculator(copper_model, device="cpu")
+    stress = cu.get_stress(voigt=False)
+    volume, h = cu.get_volume(), 1e-4
+    for a, b in ((0, 0), (1, 2), (0, 1)):
+        d = 0.0
+        for step, coeff in ((-2, 1 / 12), (-1, -8 / 12), (1, 8 / 12), (2, -1 / 12)):
+            eps = np.zeros((3, 3))
+            eps[a, b] += 0.5 * step * h
+            eps[b, a] += 0.5 * step * h
+            strained = cu.copy()
+            strained.set_cell(cu.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+            strained.calc = cu.calc
+            d += coeff * strained.get_potential_energy() / h
+        assert d / volume == pytest.approx(stress[a, b], abs=1e-8)
+
+
+def test_unknown_element_and_close_atoms(trained_acac_model):
+    model, frames = trained_acac_model
+    calc = MLIPCalculator(model, device="cpu")
+    atoms = frames[0].copy()
+    atoms.numbers[4] = 26  # Fe
+    atoms.calc = calc
+    with pytest.raises(UnknownElementError, match=r"\['Fe'\] at atom indices \[4\]"):
+        atoms.get_potential_energy()
+    atoms = frames[0].copy()
+    atoms.positions[9] = atoms.positions[2] + [0.1, 0.0, 0.0]
+    atoms.calc = MLIPCalculator(model, device="cpu", min_distance=0.5)
+    with pytest.raises(AtomsTooCloseError, match=r"atoms (2|9) .* and (9|2)"):
+        atoms.get_potential_energy()
+
+
+def test_model_file_round_trip(trained_acac_model, acac_backbone, tmp_path):
+    model, frames = trained_acac_model
+    path = save_model(tmp_path / "m.pt", model, {"backbone": acac_backbone}, 12.0)
+    a, b = frames[1].copy(), frames[1].copy()
+    a.calc = MLIPCalculator(model, device="cpu")
+    b.calc = MLIPCalculator(path, device="auto")
+    assert a.get_potential_energy() == b.get_potential_energy()
+    np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+
+
+def test_skin_reuse_equals_rebuilding(trained_acac_model):
+    """200 NVE steps: a skin calculator (few rebuilds) == rebuilding every step."""
+    model, frames = trained_acac_model
+    runs = []
+    for skin in (1.0, 0.0):
+        atoms = frames[2].copy()
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(3))
+        calc = MLIPCalculator(model, device="cpu", skin=skin, min_distance=None)
+        atoms.calc = calc
+        dyn = VelocityVerlet(atoms, 0.5 * fs)
+        dyn.run(200)
+        runs.append((atoms.positions.copy(), atoms.get_forces(), calc.num_builds))
+    (pos_a, f_a, builds_a), (pos_b, f_b, builds_b) = runs
+    assert builds_a < builds_b / 3, (builds_a, builds_b)  # the skin really saved rebuilds
+    np.testing.assert_allclose(pos_a, pos_b, atol=1e-10)
+    np.testing.assert_allclose(f_a, f_b, atol=1e-9)
