@@ -9,6 +9,7 @@ and energy/forces(/stress) come out.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import ase
@@ -79,15 +80,19 @@ class MLIPCalculator(Calculator):
                 self.model = self.model.to(dtype)
         else:
             self.model = load_model(model, device=self.device, dtype=dtype)
+            for p in self.model.parameters():
+                p.requires_grad_(False)
         self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
         self.dtype = next(self.model.parameters()).dtype
         self.cutoff = self.model.cutoff
         self.skin = float(skin)
         self.min_distance = min_distance
         if compile:
-            self.model.backbone = torch.compile(self.model.backbone, dynamic=True)
+            # Compile a shallow copy so a Potential passed in is left as it was.
+            compiled = copy.copy(self.model)
+            compiled._modules = dict(self.model._modules)
+            compiled.backbone = torch.compile(self.model.backbone, dynamic=True)
+            self.model = compiled
         self.num_builds = 0  # neighbour-list builds so far (for tests and benchmarks)
         self._graph: dict[str, torch.Tensor] | None = None
         self._ref_positions: np.ndarray | None = None
