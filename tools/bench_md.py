@@ -100,7 +100,10 @@ def main() -> None:
         "box": ("64 acac, periodic box", ase.io.read(box) if box.is_file() else None, acac_model, max(2, args.steps // 10)),
         "cu": ("fcc Cu 5x5x10, periodic", bulk("Cu", "fcc", a=3.61, cubic=True).repeat((5, 5, 10)), cu_model, max(2, args.steps // 10)),
     }
-    malloc = "tuned" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default glibc"
+    env_tuned = os.environ.get("MALLOC_MMAP_MAX_") == "0"
+    malloc = ("tuned by environment" if env_tuned else
+              "default glibc" if os.environ.get("MLIP_NO_MALLOC_TUNING") else
+              "tuned in-process by MLIPCalculator")
     print(f"threads {args.threads}, {args.dtype}, allocator: {malloc}")
     print(f"{'system':<26}{'atoms':>6}{'mode':>9}{'steps/s':>10}{'atom-st/s':>11}"
           f"{'NL ms':>8}{'model ms':>10}{'other ms':>10}{'builds':>7}")

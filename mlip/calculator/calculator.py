@@ -10,6 +10,7 @@ and energy/forces(/stress) come out.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import ase
@@ -18,6 +19,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import chemical_symbols
 
+from mlip.calculator.allocator import tune_glibc_malloc
 from mlip.data import keys
 from mlip.graph.edges import edge_vectors
 from mlip.graph.neighbors import neighbor_list
@@ -42,6 +44,83 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def build_edges(
+    positions: np.ndarray | torch.Tensor,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    radius: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training neighbour list (:func:`mlip.graph.neighbors.neighbor_list`) on ``device``.
+
+    vesin on the host for a CPU device; the pure-torch cell list on the device otherwise
+    (positions stay there).
+
+    Args:
+        positions: (n, 3) [Å].
+        cell: (3, 3) lattice vectors as rows [Å] (zeros when not periodic).
+        pbc: (3,) bool.
+        radius: neighbour radius [Å] (cutoff + skin).
+        device: where the edges go.
+        dtype: float dtype of the returned shifts (the model's).
+
+    Returns:
+        edge_index (2, E) int64 (sender, receiver) and cell shifts (E, 3) in ``dtype``.
+    """
+    if device.type == "cpu":
+        if isinstance(positions, torch.Tensor):
+            positions = positions.detach().cpu().double().numpy()
+        ei, shifts = neighbor_list(np.asarray(positions, dtype=np.float64), cell, pbc, radius)
+        return torch.from_numpy(ei), torch.from_numpy(shifts).to(dtype)
+    pos = torch.as_tensor(positions, device=device).detach().double()
+    ei, shifts = neighbor_list(pos, torch.as_tensor(cell, dtype=torch.float64, device=device),
+                               torch.as_tensor(pbc, device=device), radius)
+    return ei, shifts.to(dtype)
+
+
+def edges_within(
+    pos: torch.Tensor,
+    edge_index: torch.Tensor,
+    shifts: torch.Tensor,
+    cell: torch.Tensor,
+    batch: torch.Tensor,
+    cutoff: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the skin list's edges with |r_ij| < cutoff (one mask on the device).
+
+    Args:
+        pos: (N, 3) positions [Å]; edge_index (2, E); shifts (E, 3); cell (B, 3, 3);
+        batch: (N,) as in :mod:`mlip.data.keys`.
+        cutoff: the model's cutoff [Å].
+
+    Returns:
+        edge_index (2, E') and shifts (E', 3) inside the cutoff, and the lengths (E,) of
+        all skin-list edges [Å].
+    """
+    with torch.no_grad():
+        lengths = edge_vectors(pos, edge_index, shifts, cell, batch).norm(dim=1)
+        inside = lengths < cutoff
+    return edge_index[:, inside], shifts[inside], lengths
+
+
+def closest_pair(
+    lengths: torch.Tensor, edge_index: torch.Tensor, min_distance: float | None
+) -> tuple[int, int, float] | None:
+    """(i, j, distance) of the closest pair when it is closer than ``min_distance``, else None.
+
+    One device-to-host sync; edges beyond the cutoff never win (min_distance < cutoff).
+    """
+    if min_distance is None or lengths.numel() == 0:
+        return None
+    k = torch.argmin(lengths)
+    closest = float(lengths[k])
+    if closest >= min_distance:
+        return None
+    j, i = (int(x) for x in edge_index[:, k])
+    return i, j, closest
 
 
 class MLIPCalculator(Calculator):
@@ -71,13 +150,16 @@ class MLIPCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        tune_glibc_malloc()  # see mlip.calculator.allocator: up to 2.5x on large systems
         self.device = resolve_device(device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if isinstance(model, Potential):
-            self.model = model.to(self.device)
-            if dtype is not None:
-                self.model = self.model.to(dtype)
+            current = next(model.parameters())
+            if current.device != self.device or dtype not in (None, current.dtype):
+                # Move/cast a copy: Module.to works in place and would change the caller's model.
+                model = copy.deepcopy(model).to(device=self.device, dtype=dtype)
+            self.model = model
         else:
             self.model = load_model(model, device=self.device, dtype=dtype)
             for p in self.model.parameters():
@@ -94,6 +176,9 @@ class MLIPCalculator(Calculator):
             compiled.backbone = torch.compile(self.model.backbone, dynamic=True)
             self.model = compiled
         self.num_builds = 0  # neighbour-list builds so far (for tests and benchmarks)
+        # Seconds spent in graph work (rebuilds, position upload, cutoff filter) and in the
+        # model (energy, forces, stress, download), summed over calls.
+        self.timings = {"neighbors": 0.0, "model": 0.0, "calls": 0}
         self._graph: dict[str, torch.Tensor] | None = None
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
@@ -121,16 +206,9 @@ class MLIPCalculator(Calculator):
         self._check_elements(atoms.numbers)
         periodic = bool(atoms.pbc.any())
         cell = atoms.cell.array if periodic else np.zeros((3, 3))
-        radius = self.cutoff + max(self.skin, 0.0)
-        if self.device.type == "cpu":
-            ei, shifts = neighbor_list(atoms.positions, cell, atoms.pbc, radius)
-            ei, shifts = torch.from_numpy(ei), torch.from_numpy(shifts)
-        else:
-            ei, shifts = neighbor_list(
-                torch.tensor(atoms.positions, device=self.device),
-                torch.tensor(cell, device=self.device),
-                torch.tensor(atoms.pbc, device=self.device), radius)
         dev, dt = self.device, self.dtype
+        ei, shifts = build_edges(atoms.positions, cell, atoms.pbc, self.cutoff + max(self.skin, 0.0),
+                                 dev, dt)
         n = len(atoms)
         self._graph = {
             keys.ATOMIC_NUMBERS: torch.as_tensor(atoms.numbers, dtype=torch.long, device=dev),
@@ -139,36 +217,37 @@ class MLIPCalculator(Calculator):
             keys.NUM_ATOMS: torch.tensor([n], device=dev),
             keys.BATCH: torch.zeros(n, dtype=torch.long, device=dev),
             "full_edge_index": ei.to(dev),
-            "full_shifts": shifts.to(device=dev, dtype=dt),
+            "full_shifts": shifts.to(dev),
         }
         self._ref_positions = atoms.positions.copy()
         self._ref_key = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), atoms.pbc.tobytes())
         self.num_builds += 1
 
     def batch_for(self, atoms: ase.Atoms) -> dict[str, torch.Tensor]:
-        """The model's input for ``atoms`` (reusing the skin neighbour list when valid)."""
+        """The model's input for ``atoms`` (reusing the skin neighbour list when valid).
+
+        Raises:
+            UnknownElementError: elements the model was not trained on.
+            AtomsTooCloseError: two atoms closer than ``min_distance``.
+        """
         if self._needs_rebuild(atoms):
             self._build(atoms)
         g = self._graph
         pos = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
-        ei, shifts = g["full_edge_index"], g["full_shifts"]
-        with torch.no_grad():
-            length = edge_vectors(pos, ei, shifts, g[keys.CELL], g[keys.BATCH]).norm(dim=1)
-            inside = length < self.cutoff
+        ei, shifts, lengths = edges_within(pos, g["full_edge_index"], g["full_shifts"], g[keys.CELL],
+                                           g[keys.BATCH], self.cutoff)
         data = {k: v for k, v in g.items() if not k.startswith("full_")}
-        data.update({keys.POSITIONS: pos, keys.EDGE_INDEX: ei[:, inside],
-                     keys.CELL_SHIFTS: shifts[inside]})
-        if self.min_distance is not None and inside.any():
-            closest = length[inside].min()
-            if float(closest) < self.min_distance:
-                k = int(torch.argmin(torch.where(inside, length, torch.inf)))
-                j, i = (int(x) for x in ei[:, k])
-                raise AtomsTooCloseError(
-                    f"atoms {i} ({atoms.get_chemical_symbols()[i]}) and {j} "
-                    f"({atoms.get_chemical_symbols()[j]}) are {float(closest):.3f} Å apart, "
-                    f"closer than min_distance={self.min_distance} Å"
-                )
+        data.update({keys.POSITIONS: pos, keys.EDGE_INDEX: ei, keys.CELL_SHIFTS: shifts})
+        pair = closest_pair(lengths, g["full_edge_index"], self.min_distance)
+        if pair is not None:
+            raise AtomsTooCloseError(self.too_close_message(atoms.numbers, *pair))
         return data
+
+    def too_close_message(self, numbers: np.ndarray, i: int, j: int, distance: float) -> str:
+        return (f"atoms {i} ({chemical_symbols[int(numbers[i])]}) and {j} "
+                f"({chemical_symbols[int(numbers[j])]}) are {distance:.3f} Å apart, closer than "
+                f"min_distance={self.min_distance} Å (a broken geometry? "
+                "MLIPCalculator(min_distance=None) disables the check)")
 
     # -- ASE protocol -----------------------------------------------------------------------------
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
@@ -177,23 +256,27 @@ class MLIPCalculator(Calculator):
         periodic = bool(atoms.pbc.any())
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic systems")
+        start = time.perf_counter()
         data = self.batch_for(atoms)
+        graph_done = time.perf_counter()
         out = self.model(data, compute_forces=True, compute_stress=periodic)
-        energy = out[keys.ENERGY].detach()
-        forces = out[keys.FORCES].detach()
-        values = [energy, forces] + ([out[keys.STRESS].detach()] if periodic else [])
-        if not all(bool(torch.isfinite(v).all()) for v in values):
+        # One transfer per output; the finiteness checks then run on the host copies.
+        energy = float(out[keys.ENERGY].detach()[0])
+        forces = out[keys.FORCES].detach().cpu().double().numpy()
+        energies = out[keys.ATOMIC_ENERGIES].detach().cpu().double().numpy()
+        stress = out[keys.STRESS].detach()[0].cpu().double().numpy() if periodic else None
+        self.timings["neighbors"] += graph_done - start
+        self.timings["model"] += time.perf_counter() - graph_done
+        self.timings["calls"] += 1
+        bad = ~(np.isfinite(forces).all(axis=1) & np.isfinite(energies))
+        if not np.isfinite(energy) or bad.any() or (stress is not None and not np.isfinite(stress).all()):
+            where = f" (non-finite at atom indices {np.flatnonzero(bad)[:10].tolist()})" if bad.any() else ""
             raise NonFiniteOutputError(
-                f"the model returned NaN/inf for {atoms.get_chemical_formula()} "
-                "(atoms far outside the training distribution?)"
+                f"the model returned NaN/inf for {atoms.get_chemical_formula()}{where}: the "
+                "structure is probably far outside the training data (check the geometry; in MD, "
+                "a smaller timestep)"
             )
-        e = float(energy[0])
-        self.results = {
-            "energy": e,
-            "free_energy": e,
-            "forces": forces.cpu().double().numpy(),
-            "energies": out[keys.ATOMIC_ENERGIES].detach().cpu().double().numpy(),
-        }
-        if periodic:
-            s = out[keys.STRESS].detach()[0].cpu().double().numpy()
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "energies": energies}
+        if stress is not None:
+            self.results["stress"] = np.array([stress[0, 0], stress[1, 1], stress[2, 2],
+                                               stress[1, 2], stress[0, 2], stress[0, 1]])
