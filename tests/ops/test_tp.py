@@ -11,7 +11,7 @@ from mlip.ops.sh import irreps_of, num_components, spherical_harmonics, wigner_d
 from mlip.ops.tp import resolve_tensor_product
 from mlip.ops.tp.cg import CGTensorProduct, cg_paths
 
-IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct"]
+IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct"]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
