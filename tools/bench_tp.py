@@ -1,0 +1,103 @@
+"""Tensor-product microbenchmark (after "The Price of Freedom"): forward and
+forward+backward time vs L for each implementation, at the real operating point.
+
+    python tools/bench_tp.py --threads 1 --lmax 1 2 3 4 5 6 --channels 1 32 --edges 10000 \
+        --png docs/tp_bench.png
+
+Implementations are class paths (default: CG and Gaunt-grid; add e.g.
+mlip.ops.tp.cp.CPTensorProduct). Each product is l1 = l2 = l_out = L with a shared second
+operand (1 channel, like edge spherical harmonics) and per-channel weights, float32.
+Combinations whose inputs exceed --max-mb are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mlip.ops.sh import num_components
+from mlip.ops.tp import resolve_tensor_product
+
+DEFAULT = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct"]
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (builds cached constants)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", nargs="+", default=DEFAULT)
+    parser.add_argument("--lmax", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
+    parser.add_argument("--channels", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--edges", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-mb", type=float, default=2000.0)
+    parser.add_argument("--png", default=None, help="write a plot of time vs L")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"{args.edges} edges, float32, {args.threads} thread(s), best of {args.repeats}; ms")
+    print(f"{'impl':<28}{'C':>5}{'L':>4}{'fwd ms':>10}{'fwd+bwd ms':>12}")
+    for c in args.channels:
+        for lmax in args.lmax:
+            for path in args.impl:
+                name = path.rsplit(".", 1)[1].replace("TensorProduct", "")
+                tp = resolve_tensor_product(path)(lmax, lmax, lmax)
+                d = num_components(lmax)
+                mb = args.edges * c * max(d * d, tp.weight_numel) * 4 / 2**20
+                if mb > args.max_mb:
+                    print(f"{name:<28}{c:>5}{lmax:>4}   skipped (~{mb:.0f} MB intermediate)")
+                    continue
+                g = torch.Generator().manual_seed(0)
+                x1 = torch.randn(args.edges, c, d, generator=g, requires_grad=True)
+                x2 = torch.randn(args.edges, 1, d, generator=g, requires_grad=True)
+                w = torch.randn(args.edges, c, tp.weight_numel, generator=g, requires_grad=True)
+                with torch.no_grad():
+                    fwd = timed(lambda tp=tp, x1=x1, x2=x2, w=w: tp(x1, x2, w), args.repeats)
+                both = timed(lambda tp=tp, x1=x1, x2=x2, w=w: tp(x1, x2, w).square().sum().backward(),
+                             args.repeats)
+                rows.append((name, c, lmax, fwd, both))
+                print(f"{name:<28}{c:>5}{lmax:>4}{fwd * 1e3:>10.2f}{both * 1e3:>12.2f}", flush=True)
+    names = sorted({r[0] for r in rows})
+    for c in args.channels:
+        for other in names:
+            if other == "CG":
+                continue
+            wins = [lm for (n, cc, lm, _, b) in rows if n == other and cc == c
+                    and any(r[0] == "CG" and r[1] == c and r[2] == lm and b < r[4] for r in rows)]
+            print(f"C={c}: {other} faster than CG (fwd+bwd) at L = {wins or 'none measured'}")
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(args.channels), figsize=(5 * len(args.channels), 4), dpi=110,
+                                 squeeze=False)
+        for ax, c in zip(axes[0], args.channels, strict=True):
+            for n in names:
+                pts = [(lm, b * 1e3) for (nn, cc, lm, _, b) in rows if nn == n and cc == c]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=n)
+            ax.set_yscale("log")
+            ax.set_xlabel("L")
+            ax.set_ylabel("forward + backward [ms]")
+            ax.set_title(f"{args.edges} edges, {c} channel(s), {args.threads} thread(s)")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.png)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
