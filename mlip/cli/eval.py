@@ -15,6 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", help="data files (extxyz, ASE db/traj, or .lmdb)")
     p.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="write parity plots (PNG) into this folder")
+    p.add_argument("--equivariance", action="store_true",
+                   help="also measure the model's rotation/reflection error on each file")
+    p.add_argument("--rotations", type=int, default=10, help="random rotations per structure")
+    p.add_argument("--max-structures", type=int, default=20,
+                   help="structures per file used for --equivariance")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None)
@@ -28,7 +33,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.model.io import load_model
-    from mlip.training.evaluate import evaluate_file, format_table
+    from mlip.training.evaluate import (
+        equivariance_errors,
+        evaluate_file,
+        format_equivariance,
+        format_table,
+    )
 
     device = args.device
     if device == "auto":
@@ -56,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {png}")
     for r in results:
         r.pop("predictions", None)
+    if args.equivariance:
+        symmetry = [equivariance_errors(model, path, args.rotations, args.max_structures,
+                                        key_mapping=mapping) for path in args.files]
+        print(format_equivariance(symmetry))
+        for r, sym in zip(results, symmetry, strict=True):
+            r["equivariance"] = {k: sym[k] for k in ("rotation", "reflection", "rotations")}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json_out, "w") as fh:
