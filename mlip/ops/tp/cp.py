@@ -1,0 +1,176 @@
+"""CP-decomposed tensor product with path-weight sharing (after TDN, Lin et al. 2025).
+
+All CG paths (l1, l2, l3) are summed into one 3-way tensor M (D1, D2, Dout) (the normalised
+path tensor of :mod:`mlip.ops.tp.cg`), replaced by a rank-R CP decomposition
+
+    M_ijk ~ sum_r B_ir C_jr A_kr,   out = ((x1 B) * (x2 C)) A^T,
+
+O(R (D1 + D2 + Dout)) per channel instead of O(D1 D2 Dout). Path weights are shared: per
+channel one weight per degree of x1 and one per output degree (as for the Gaunt product),
+``weight_numel = (lmax_in1 + 1) + (lmax_out + 1)``. Below full rank the product is only
+approximately equivariant; the error shrinks with the decomposition error (measured in
+tests and by ``mlip eval --equivariance``).
+
+The factors are persistent buffers (saved models carry them). ``__init__`` only allocates;
+:meth:`CPTensorProduct.prepare` fills them: exactly at full rank (R >= D1 D2), otherwise from
+a cache file or by a deterministic ALS fit that writes the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlip.ops.sh import degree_of_components, num_components
+from mlip.ops.tp.base import TensorProduct
+from mlip.ops.tp.cg import cg_path_tensor
+
+
+def default_rank(lmax_in1: int, lmax_in2: int, lmax_out: int) -> int:
+    """TDN's choice R = 7 L^2 with L the largest degree (at least 7)."""
+    return 7 * max(1, lmax_in1, lmax_in2, lmax_out) ** 2
+
+
+def shared_path_tensor(lmax_in1: int, lmax_in2: int, lmax_out: int) -> np.ndarray:
+    """M = sum over CG paths, (D1, D2, Dout) float64."""
+    return cg_path_tensor(lmax_in1, lmax_in2, lmax_out).sum(0).numpy()
+
+
+def exact_factors(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A rank-(D1 D2) decomposition that is exact: one component per (i, j) pair."""
+    d1, d2, d3 = m.shape
+    b = np.kron(np.eye(d1), np.ones((1, d2)))  # (D1, D1 D2)
+    c = np.kron(np.ones((1, d1)), np.eye(d2))  # (D2, D1 D2)
+    a = m.reshape(d1 * d2, d3).T  # (Dout, D1 D2)
+    return a, b, c
+
+
+def reconstruct(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.einsum("ir,jr,kr->ijk", b, c, a)
+
+
+def fit_cp(
+    m: np.ndarray, rank: int, seed: int = 0, max_iter: int = 3000, tol: float = 1e-7,
+    ridge: float = 1e-10, restarts: int = 4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Rank-``rank`` CP decomposition of ``m`` (D1, D2, Dout) by alternating least squares.
+
+    Deterministic for a given seed (``restarts`` seeded starts, the best kept).
+
+    Returns:
+        (A (Dout, R), B (D1, R), C (D2, R), relative error ||M - CP|| / ||M||).
+    """
+    d1, d2, d3 = m.shape
+    norm = np.linalg.norm(m)
+    m1 = m.reshape(d1, d2 * d3)  # mode-1 unfolding (i | j k)
+    m2 = m.transpose(1, 0, 2).reshape(d2, d1 * d3)  # (j | i k)
+    m3 = m.transpose(2, 0, 1).reshape(d3, d1 * d2)  # (k | i j)
+    best = None
+    for start in range(restarts):
+        rng = np.random.default_rng(seed + 1000 * start)
+        b, c, a = (rng.standard_normal((d, rank)) for d in (d1, d2, d3))
+        prev = np.inf
+        eye = ridge * np.eye(rank)
+        for _ in range(max_iter):
+            # Khatri-Rao products in the unfoldings' orders.
+            b = m1 @ _khatri_rao(c, a) @ np.linalg.inv((c.T @ c) * (a.T @ a) + eye)
+            c = m2 @ _khatri_rao(b, a) @ np.linalg.inv((b.T @ b) * (a.T @ a) + eye)
+            a = m3 @ _khatri_rao(b, c) @ np.linalg.inv((b.T @ b) * (c.T @ c) + eye)
+            err = np.linalg.norm(m - reconstruct(a, b, c)) / norm
+            if prev - err < tol * max(err, 1e-12) or err < 1e-12:
+                break
+            prev = err
+        if best is None or err < best[3]:
+            best = (a, b, c, float(err))
+    return best
+
+
+def _khatri_rao(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Column-wise Kronecker product: rows ordered (x index, y index)."""
+    return (x[:, None, :] * y[None, :, :]).reshape(-1, x.shape[1])
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlip" / "cp"
+
+
+def load_or_fit(lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int,
+                verbose: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Factors for (L1, L2, Lout, R): exact at full rank, else cached or fitted (then cached).
+    Cache files are raw numpy arrays (``allow_pickle=False``)."""
+    m = shared_path_tensor(lmax_in1, lmax_in2, lmax_out)
+    if rank >= m.shape[0] * m.shape[1]:
+        a, b, c = exact_factors(m)
+        pad = rank - a.shape[1]
+        a, b, c = (np.pad(x, ((0, 0), (0, pad))) for x in (a, b, c))
+        return a, b, c, 0.0
+    path = cache_dir() / f"cp_l{lmax_in1}_{lmax_in2}_{lmax_out}_r{rank}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return f["a"], f["b"], f["c"], float(f["error"])
+    t = time.perf_counter()
+    a, b, c, err = fit_cp(m, rank)
+    if verbose:
+        print(f"fitted CP rank {rank} for (L1, L2, Lout) = ({lmax_in1}, {lmax_in2}, {lmax_out}): "
+              f"relative error {err:.2e} in {time.perf_counter() - t:.1f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
+    np.savez(tmp, a=a, b=b, c=c, error=np.array(err))
+    os.replace(tmp, path)
+    return a, b, c, err
+
+
+class CPTensorProduct(TensorProduct):
+    """Rank-R CP tensor product with shared path weights.
+
+    Args:
+        lmax_in1, lmax_in2, lmax_out: degrees.
+        rank: CP rank R (default 7 L^2); R >= D1 D2 is exact.
+
+    >>> tp = CPTensorProduct(1, 1, 1, rank=16)
+    >>> tp.prepare()
+    >>> tp(torch.randn(3, 2, 4), torch.randn(3, 1, 4)).shape
+    torch.Size([3, 2, 4])
+    """
+
+    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int | None = None) -> None:
+        super().__init__(lmax_in1, lmax_in2, lmax_out)
+        self.rank = int(rank or default_rank(lmax_in1, lmax_in2, lmax_out))
+        self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
+        d1, d2, d3 = (num_components(x) for x in (lmax_in1, lmax_in2, lmax_out))
+        self.register_buffer("factor_a", torch.zeros(d3, self.rank, dtype=torch.float64))
+        self.register_buffer("factor_b", torch.zeros(d1, self.rank, dtype=torch.float64))
+        self.register_buffer("factor_c", torch.zeros(d2, self.rank, dtype=torch.float64))
+        self.register_buffer("fit_error", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
+        self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
+
+    def prepare(self) -> None:
+        """Fill the factors (the explicit step; see module docstring)."""
+        a, b, c, err = load_or_fit(self.lmax_in1, self.lmax_in2, self.lmax_out, self.rank)
+        with torch.no_grad():
+            for buf, val in ((self.factor_a, a), (self.factor_b, b), (self.factor_c, c)):
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(val)))
+            self.fit_error.fill_(err)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}, fit_error={float(self.fit_error):.2e}"
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if not getattr(self, "_checked", False):
+            if bool(torch.isnan(self.fit_error)):
+                raise RuntimeError("CPTensorProduct factors are not set: call prepare() (build_potential "
+                                   "does) or load a saved model")
+            self._checked = True
+        if weight is not None:
+            x1 = x1 * weight[..., : self.lmax_in1 + 1][..., self.deg1]
+        a, b, c = (f.to(x1.dtype) for f in (self.factor_a, self.factor_b, self.factor_c))
+        out = ((x1 @ b) * (x2 @ c)) @ a.T
+        if weight is not None:
+            out = out * weight[..., self.lmax_in1 + 1 :][..., self.deg_out]
+        return out
