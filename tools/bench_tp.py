@@ -53,8 +53,10 @@ def main() -> None:
             for path in args.impl:
                 name = path.rsplit(".", 1)[1].replace("TensorProduct", "")
                 tp = resolve_tensor_product(path)(lmax, lmax, lmax)
+                if callable(getattr(tp, "prepare", None)):
+                    tp.prepare()  # e.g. CP factors (fitted once, then cached)
                 d = num_components(lmax)
-                mb = args.edges * c * max(d * d, tp.weight_numel) * 4 / 2**20
+                mb = args.edges * c * d * max(d, tp.weight_numel) * 4 / 2**20
                 if mb > args.max_mb:
                     print(f"{name:<28}{c:>5}{lmax:>4}   skipped (~{mb:.0f} MB intermediate)")
                     continue
