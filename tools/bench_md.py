@@ -1,123 +1,194 @@
 """MD speed: steps/s and atom-steps/s through the ASE calculator, with a per-step split.
 
-    python tools/bench_md.py --threads 1 --steps 20 [--model checkpoints/quickstart/model.pt]
-    python tools/bench_md.py --threads 1 --compile           # torch.compile'd backbone
+    python tools/bench_md.py --threads 1,2 --modes eager,compiled
+    MLIP_NO_MALLOC_TUNING=1 python tools/bench_md.py --threads 1      # glibc default malloc
 
-Systems: one acac molecule, the 960-atom periodic acac box (shared/data/bench/acac_box64.xyz,
-the system of the MACE figures in shared/BASELINES.md) and a 1,000-atom fcc Cu cell. Speed
-does not depend on the weights, so without --model a randomly initialised model with the
-quickstart architecture is timed (a Cu model for the Cu cell). ASE VelocityVerlet, 0.5 fs,
-float32 by default, after warm-up. The split: neighbour list (builds with the 0.5 Å Verlet
-skin), model (energy + forces), and everything else (ASE integrator, copies).
-The glibc allocator setting is printed; compare with MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=100000000000 in the environment.
+Systems: one acac molecule (15 atoms), the 960-atom periodic acac box
+(shared/data/bench/acac_box64.xyz, the system of the MACE figures in shared/BASELINES.md),
+a 1,000-atom fcc Cu cell (5x5x10 cubic cells at the EMT lattice constant, rattled), and
+K acac replicas in one batched call per step (``mlip md --replicas``). Models have the
+architecture of configs/quickstart.yaml; speed does not depend on the weights, but so that
+the dynamics is physical (neighbour-list rebuilds happen at the real rate) each model is
+first trained briefly (--train-steps Adam steps) on acac/train_300K.xyz or cu_emt/train.xyz,
+or given with --acac-model / --cu-model. ASE VelocityVerlet, 0.5 fs, 300 K start, after
+warm-up (which includes compilation). The split per step: neighbour list (Verlet-skin
+rebuilds, position upload, cutoff mask), model (energy + forces (+ stress for periodic
+cells), download), and everything else (ASE integrator, Atoms copies, Python).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
 from pathlib import Path
 
+import ase
 import ase.io
 import numpy as np
 import torch
 import yaml
 from ase import units
 from ase.build import bulk
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from mlip.calculator import MLIPCalculator
+from mlip.graph.build import atoms_to_batch
+from mlip.md.ase_driver import MDSettings
+from mlip.md.replicas import run_replicas
 from mlip.model.build import build_potential
 from mlip.model.io import load_model
+from mlip.training.metrics import weighted_loss
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 
-def quickstart_model(elements: list[int], dtype: torch.dtype):
+def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: int) -> torch.nn.Module:
+    """The quickstart architecture, trained ``steps`` Adam steps on ``frames`` (float32).
+
+    E0s are the isolated-atom energies plus the frames' mean interaction energy per atom
+    and the shift is 0: a briefly trained model is then MD-stable (see tests/md/conftest.py).
+    """
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    e_iso = {int(a.numbers[0]): a.get_potential_energy() for a in isolated}
+    elements = sorted({int(z) for a in frames for z in a.numbers})
+    inter = np.mean([(a.get_potential_energy() - sum(e_iso[int(z)] for z in a.numbers)) / len(a)
+                     for a in frames])
     torch.manual_seed(0)
-    e0s = [-1.0] * len(elements)
-    model = build_potential(config["model"], elements, e0s, 1.0, -1.0, config["data"]["cutoff"], 30.0)
-    return model.to(dtype)
+    model = build_potential(config["model"], elements, [e_iso[z] + inter for z in elements], 1.0, 0.0,
+                            config["data"]["cutoff"], 12.0)
+    batches = [atoms_to_batch(frames[k:k + 2], model.cutoff, dtype=torch.float32)
+               for k in range(0, len(frames), 2)]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(steps):
+        data = batches[step % len(batches)]
+        opt.zero_grad()
+        weighted_loss(model(data, training=True), data, 10.0, 100.0, 0.0)["loss"].backward()
+        opt.step()
+    return model.eval()
 
 
-def time_md(atoms, model, steps: int, warmup: int, compile_: bool) -> dict:
-    calc = MLIPCalculator(model, device="cpu", compile=compile_, min_distance=None)
-    timers = {"neighbors": 0.0, "model": 0.0}
-    build, forward = calc._build, calc.model.forward
+def copper_cell() -> ase.Atoms:
+    atoms = bulk("Cu", "fcc", a=3.5898, cubic=True).repeat((5, 5, 10))  # 1,000 atoms
+    atoms.rattle(0.05, seed=0)
+    return atoms
 
-    def timed_build(a):
-        t = time.perf_counter()
-        build(a)
-        timers["neighbors"] += time.perf_counter() - t
 
-    def timed_forward(*args, **kwargs):
-        t = time.perf_counter()
-        out = forward(*args, **kwargs)
-        timers["model"] += time.perf_counter() - t
-        return out
-
-    calc._build = timed_build
-    calc.model.forward = timed_forward
+def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) -> dict:
+    """ASE VelocityVerlet through the calculator: rates and the per-step split."""
+    calc = MLIPCalculator(model, device="cpu", compile=compile_)
     atoms = atoms.copy()
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
     t = time.perf_counter()
     dyn.run(warmup)
-    warm_seconds = time.perf_counter() - t
-    timers.update(neighbors=0.0, model=0.0)
-    builds0 = calc.num_builds
+    warmup_s = time.perf_counter() - t
+    calc.timings.update(neighbors=0.0, model=0.0, calls=0)
+    builds = calc.num_builds
     t = time.perf_counter()
     dyn.run(steps)
     total = time.perf_counter() - t
+    nl, mo = calc.timings["neighbors"], calc.timings["model"]
     return {"steps_per_s": steps / total, "atom_steps_per_s": steps * len(atoms) / total,
-            "ms_neighbors": 1e3 * timers["neighbors"] / steps, "ms_model": 1e3 * timers["model"] / steps,
-            "ms_other": 1e3 * (total - timers["neighbors"] - timers["model"]) / steps,
-            "builds": calc.num_builds - builds0, "warmup_s": warm_seconds}
+            "ms_nl": 1e3 * nl / steps, "ms_model": 1e3 * mo / steps,
+            "ms_other": 1e3 * (total - nl - mo) / steps,
+            "builds_per_100": 100 * (calc.num_builds - builds) / steps, "warmup_s": warmup_s}
+
+
+def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: bool) -> dict:
+    calc = MLIPCalculator(model, device="cpu", compile=compile_)
+    settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
+    t = time.perf_counter()
+    run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)
+    warmup_s = time.perf_counter() - t
+    settings.steps = steps
+    out = run_replicas(calc, atoms, settings, k)
+    rate = out["steps_per_second"]
+    return {"steps_per_s": rate, "atom_steps_per_s": rate * k * len(atoms), "ms_nl": float("nan"),
+            "ms_model": float("nan"), "ms_other": float("nan"),
+            "builds_per_100": 100 * out["neighbor_builds"] / (k * (steps + 1)), "warmup_s": warmup_s}
+
+
+def allocator_setting() -> str:
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        return "glibc tuned by environment (MALLOC_MMAP_MAX_=0)"
+    if os.environ.get("MLIP_NO_MALLOC_TUNING"):
+        return "glibc default (MLIP_NO_MALLOC_TUNING=1)"
+    return "glibc tuned in-process by MLIPCalculator (no mmap, no trim)"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="MD speed benchmark")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (box/Cu: /10)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")
+    parser.add_argument("--systems", default="acac,box,cu,replicas")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--model", default=None, help="acac model file (default: random quickstart)")
-    parser.add_argument("--compile", action="store_true", help="also time the compiled model")
-    parser.add_argument("--systems", default="acac,box,cu")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps for the molecule")
+    parser.add_argument("--large-steps", type=int, default=10, help="timed steps for box and Cu")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=16)
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--acac-model", default=None, help="model file (default: trained briefly)")
+    parser.add_argument("--cu-model", default=None, help="model file (default: trained briefly)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    acac_model = load_model(args.model, dtype=dtype) if args.model else quickstart_model([1, 6, 8], dtype)
-    cu_model = quickstart_model([29], dtype)
-    box = ROOT.parent / "shared" / "data" / "bench" / "acac_box64.xyz"
+    wanted = args.systems.split(",")
+    acac_path = ROOT / "data" / "acac"
+    torch.set_num_threads(2)
+    t = time.perf_counter()
+    if args.acac_model:
+        acac_model = load_model(args.acac_model, dtype=dtype)
+    else:
+        acac_model = quickstart_model(ase.io.read(acac_path / "train_300K.xyz", ":50"),
+                                      ase.io.read(acac_path / "isolated_atoms.xyz", ":"),
+                                      args.train_steps).to(dtype)
+    if "cu" in wanted:
+        cu_model = (load_model(args.cu_model, dtype=dtype) if args.cu_model else
+                    quickstart_model(ase.io.read(SHARED / "cu_emt" / "train.xyz", ":20"),
+                                     ase.io.read(SHARED / "cu_emt" / "isolated_atoms.xyz", ":"),
+                                     args.train_steps).to(dtype))
+    print(f"models ready in {time.perf_counter() - t:.0f} s "
+          f"({sum(p.numel() for p in acac_model.parameters()):,} parameters, quickstart architecture)")
+    molecule = ase.io.read(acac_path / "train_300K.xyz", 0)
+    box_file = SHARED / "bench" / "acac_box64.xyz"
     systems = {
-        "acac": ("one acac molecule", ase.io.read(ROOT / "data" / "acac" / "train_300K.xyz", 0), acac_model, args.steps),
-        "box": ("64 acac, periodic box", ase.io.read(box) if box.is_file() else None, acac_model, max(2, args.steps // 10)),
-        "cu": ("fcc Cu 5x5x10, periodic", bulk("Cu", "fcc", a=3.61, cubic=True).repeat((5, 5, 10)), cu_model, max(2, args.steps // 10)),
+        "acac": ("one acac molecule", lambda: molecule, "acac", args.steps),
+        "box": ("64 acac, periodic box", lambda: ase.io.read(box_file), "acac", args.large_steps),
+        "cu": ("fcc Cu, periodic", copper_cell, "cu", args.large_steps),
+        "replicas": (f"{args.replicas} acac replicas, batched", lambda: molecule, "acac", args.steps),
     }
-    env_tuned = os.environ.get("MALLOC_MMAP_MAX_") == "0"
-    malloc = ("tuned by environment" if env_tuned else
-              "default glibc" if os.environ.get("MLIP_NO_MALLOC_TUNING") else
-              "tuned in-process by MLIPCalculator")
-    print(f"threads {args.threads}, {args.dtype}, allocator: {malloc}")
-    print(f"{'system':<26}{'atoms':>6}{'mode':>9}{'steps/s':>10}{'atom-st/s':>11}"
-          f"{'NL ms':>8}{'model ms':>10}{'other ms':>10}{'builds':>7}")
-    for key in args.systems.split(","):
-        name, atoms, model, steps = systems[key]
-        if atoms is None:
-            print(f"{name}: structure not found, skipped")
-            continue
-        modes = [False, True] if args.compile else [False]
-        for comp in modes:
-            r = time_md(atoms, model, steps, args.warmup, comp)
-            print(f"{name:<26}{len(atoms):>6}{'compiled' if comp else 'eager':>9}"
-                  f"{r['steps_per_s']:>10.2f}{r['atom_steps_per_s']:>11.0f}{r['ms_neighbors']:>8.1f}"
-                  f"{r['ms_model']:>10.1f}{r['ms_other']:>10.1f}{r['builds']:>7}", flush=True)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.dtype}, "
+          f"allocator: {allocator_setting()}")
+    header = ("| system | atoms | threads | mode | steps/s | atom-steps/s | NL ms | model ms | "
+              "other ms | NL builds /100 steps | warm-up s |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for threads in [int(x) for x in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for key in wanted:
+            name, make, which, steps = systems[key]
+            if key == "box" and not box_file.is_file():
+                print(f"| {name} | structure {box_file} not found, skipped |")
+                continue
+            atoms = make()
+            model = acac_model if which == "acac" else cu_model
+            for mode in args.modes.split(","):
+                compiled = mode == "compiled"
+                if key == "replicas":
+                    r = time_replicas(atoms, model, args.replicas, steps, compiled)
+                    n_atoms = f"{args.replicas} x {len(atoms)}"
+                else:
+                    r = time_md(atoms, model, steps, args.warmup, compiled)
+                    n_atoms = str(len(atoms))
+                print(f"| {name} | {n_atoms} | {threads} | {mode} | {r['steps_per_s']:.2f} | "
+                      f"{r['atom_steps_per_s']:,.0f} | {r['ms_nl']:.2f} | {r['ms_model']:.2f} | "
+                      f"{r['ms_other']:.2f} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} |",
+                      flush=True)
+    print("done: steps/s are ASE MD steps (batched steps for replicas); NL = neighbour list.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from mlip.cli.main import CliError
 
@@ -12,30 +13,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "md", help="run molecular dynamics with a model",
-        description="Run MD through the ASE calculator. Ensembles: "
-        + "; ".join(f"{k}: {v[0]}" for k, v in ENSEMBLES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run MD through the mlip ASE calculator with ASE's integrators, or K batched "
+        "replicas (--replicas) with torch-native ones.\n\nEnsembles:\n"
+        + "\n".join(f"  {k:<20} {v[0]}" for k, v in ENSEMBLES.items()),
     )
-    p.add_argument("model", help="deployable model file (model.pt)")
+    p.add_argument("model", help="deployable model file (model.pt from mlip train)")
     p.add_argument("structure", help="any ASE-readable structure file")
     p.add_argument("--frame-index", type=int, default=0, help="frame of STRUCTURE to start from")
-    p.add_argument("--ensemble", choices=list(ENSEMBLES), default="nve")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (initial velocities, thermostat)")
+    p.add_argument("--ensemble", choices=list(ENSEMBLES), default="nve", metavar="NAME",
+                   help=f"one of {', '.join(ENSEMBLES)} (default nve)")
+    p.add_argument("--temperature", type=float, default=300.0,
+                   help="K: initial Maxwell-Boltzmann velocities and thermostat target")
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--friction", type=float, default=0.01,
-                   help="1/fs: Langevin friction; thermostat/barostat time constants are 1/friction")
+                   help="1/fs: Langevin friction; other thermostats tau_T = 1/friction, "
+                   "barostats tau_P = 10 tau_T")
     p.add_argument("--pressure", type=float, default=0.0, help="GPa (NPT ensembles)")
+    p.add_argument("--compressibility", type=float, default=0.457,
+                   help="1/GPa, Berendsen barostats (water 0.457, metals ~0.01)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="default: the model's")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin [Å]")
+    p.add_argument("--min-distance", type=float, default=0.5,
+                   help="stop when two atoms come closer than this [Å]; 0 disables")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", default=None, help="trajectory file (.traj or .xyz/.extxyz)")
-    p.add_argument("--log", default=None, help="text log: time, Epot, Ekin, Etot, T (, P)")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--out", default=None,
+                   help="trajectory: .traj (ASE) or extended XYZ (any other extension)")
+    p.add_argument("--log", default=None, help="text log: time, Epot, Ekin, Etot, T (P, V if periodic)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log rows and frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replicas", type=int, default=1,
-                   help="K independent copies in one batched model call per step (nve, langevin)")
+                   help="K independent copies (seeds seed..seed+K-1) in one batched model call "
+                   "per step (nve, langevin)")
+    p.add_argument("--max-drift", type=float, default=1.0,
+                   help="NVE: stop when |Etot - Etot(0)| per atom exceeds this [eV]")
+    p.add_argument("--max-temperature", type=float, default=None,
+                   help="stop above this temperature [K] (default max(5000, 10 x --temperature))")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's default malloc (by default the calculator keeps freed memory "
+                   "in the process: fewer page faults per step on large cells; same as "
+                   "MLIP_NO_MALLOC_TUNING=1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -46,22 +68,31 @@ def run(args: argparse.Namespace) -> int:
     from mlip.calculator import MLIPCalculator
     from mlip.md.ase_driver import MDInstabilityError, MDSettings, run_md
 
+    if args.no_malloc_tuning:
+        os.environ["MLIP_NO_MALLOC_TUNING"] = "1"  # read by the calculator
     if args.threads:
         torch.set_num_threads(args.threads)
+    checks = {"--steps": args.steps >= 0, "--log-every": args.log_every >= 1,
+              "--replicas": args.replicas >= 1, "--timestep": args.timestep > 0}
+    for flag, ok in checks.items():
+        if not ok:
+            raise CliError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
     try:
         atoms = ase.io.read(args.structure, index=args.frame_index)
     except Exception as err:  # noqa: BLE001 - any reader failure is a user error
-        raise CliError(f"cannot read {args.structure} frame {args.frame_index}: {err}") from err
+        raise CliError(f"cannot read frame {args.frame_index} of {args.structure}: {err}") from err
     atoms.calc = None
     try:
         calc = MLIPCalculator(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
-                              compile=args.compile)
-    except (FileNotFoundError, ValueError) as err:
-        raise CliError(str(err)) from err
+                              min_distance=args.min_distance or None, compile=args.compile)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise CliError(f"cannot load model {args.model}: {err}") from err
     settings = MDSettings(
         ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep,
         steps=args.steps, friction_per_fs=args.friction, pressure_GPa=args.pressure,
-        seed=args.seed, log_every=args.log_every, trajectory=args.out, log=args.log,
+        compressibility_per_GPa=args.compressibility, seed=args.seed, log_every=args.log_every,
+        trajectory=args.out, log=args.log, max_energy_drift_per_atom=args.max_drift,
+        max_temperature_K=args.max_temperature, progress=not args.quiet,
     )
     try:
         if args.replicas > 1:
@@ -73,13 +104,16 @@ def run(args: argparse.Namespace) -> int:
             summary = run_md(atoms, settings)
     except MDInstabilityError as err:
         raise CliError(str(err)) from err
-    except ValueError as err:
+    except ValueError as err:  # unknown elements, atoms too close at the start, bad ensemble
         raise CliError(str(err)) from err
+    copies = f" x {args.replicas} replicas" if args.replicas > 1 else ""
+    where = f"; trajectory {args.out}" if args.out and args.replicas == 1 else (
+        f"; trajectories {args.out} with _r<i> suffixes" if args.out else "")
     print(
-        f"mlip md: {summary['steps']} steps of {summary['atoms']} atoms"
-        + (f" x {args.replicas} replicas" if args.replicas > 1 else "")
-        + f" in {summary['seconds']:.1f} s: {summary['steps_per_second']:.2f} steps/s, "
-        f"{summary['ns_per_day']:.3f} ns/day, final T {summary['final_temperature_K']:.0f} K"
-        + (f"; trajectory {args.out}" if args.out else "")
+        f"mlip md: {summary['steps']} {args.ensemble} steps of {summary['atoms']} atoms{copies} "
+        f"on {calc.device.type} in {summary['seconds']:.1f} s: {summary['steps_per_second']:.2f} "
+        f"steps/s, {summary['steps_per_second'] * summary['atoms'] * args.replicas:.0f} atom-steps/s, "
+        f"{summary['ns_per_day']:.3f} ns/day; final T {summary['final_temperature_K']:.0f} K"
+        f"{where}"
     )
     return 0

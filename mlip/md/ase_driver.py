@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import ase
-import ase.io
 import numpy as np
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-from tqdm.auto import tqdm
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-# Ensembles: name -> (description, needs temperature, periodic only).
+from mlip.calculator.calculator import AtomsTooCloseError
+from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day, pressure_GPa
+
+# Ensembles: name -> (description, needs temperature, periodic only). Time constants:
+# thermostats tau_T = 1/friction; barostats tau_P = 10 tau_T.
 ENSEMBLES = {
     "nve": ("velocity Verlet, constant energy", False, False),
     "langevin": ("Langevin NVT (friction in 1/fs)", True, False),
-    "andersen": ("Andersen NVT (collision probability per step = friction * timestep)", True, False),
-    "bussi": ("Bussi stochastic velocity rescaling NVT (tau = 1/friction fs)", True, False),
-    "nose-hoover": ("Nose-Hoover chain NVT (tdamp = 1/friction fs)", True, False),
-    "berendsen": ("Berendsen NVT (taut = 1/friction fs; not canonical)", True, False),
-    "npt-berendsen": ("Berendsen NPT, isotropic (taut, taup = 1/friction fs)", True, True),
-    "npt-mtk": ("isotropic MTK NPT with Nose-Hoover chains (tdamp, pdamp)", True, True),
+    "langevin-baoab": ("Langevin NVT, BAOAB splitting (tau_T = 1/friction)", True, False),
+    "andersen": ("Andersen NVT (collision probability per atom and step = friction * timestep)",
+                 True, False),
+    "bussi": ("Bussi stochastic velocity rescaling NVT (tau_T = 1/friction)", True, False),
+    "nose-hoover": ("Nose-Hoover chain NVT (tau_T = 1/friction)", True, False),
+    "berendsen": ("Berendsen NVT (tau_T = 1/friction; not canonical)", True, False),
+    "npt-berendsen": ("Berendsen NPT, isotropic (--compressibility; not canonical)", True, True),
+    "npt-berendsen-aniso": ("Berendsen NPT, cell lengths independently, angles fixed", True, True),
+    "npt-mtk": ("Martyna-Tobias-Klein NPT with Nose-Hoover chains, isotropic", True, True),
+    "npt-mtk-aniso": ("Martyna-Tobias-Klein NPT, fully flexible cell", True, True),
+    "npt-langevin": ("Langevin-Hoover NPT (BAOAB), isotropic", True, True),
 }
 
 
@@ -34,14 +40,32 @@ class MDInstabilityError(RuntimeError):
 def make_integrator(
     atoms: ase.Atoms, ensemble: str, timestep_fs: float, temperature_K: float,
     friction_per_fs: float, pressure_GPa: float, rng: np.random.Generator,
+    compressibility_per_GPa: float = 0.457,
 ):
-    """An ASE MolecularDynamics object for ``ensemble``."""
-    dt = timestep_fs * units.fs
-    tau = (1.0 / friction_per_fs) * units.fs
+    """An ASE MolecularDynamics object for ``ensemble`` (see :data:`ENSEMBLES`).
+
+    Args:
+        atoms: the system, with its calculator.
+        ensemble: a key of :data:`ENSEMBLES`.
+        timestep_fs: [fs].
+        temperature_K: thermostat target [K].
+        friction_per_fs: Langevin friction [1/fs]; other thermostats use tau_T = 1/friction,
+            barostats tau_P = 10 tau_T.
+        pressure_GPa: barostat target [GPa].
+        rng: the random stream of the stochastic integrators.
+        compressibility_per_GPa: Berendsen barostat compressibility [1/GPa] (water: 0.457).
+    """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
+    if friction_per_fs <= 0 and ensemble != "nve":
+        raise ValueError(f"ensemble {ensemble} needs a positive --friction (1/fs)")
     if ENSEMBLES[ensemble][2] and not atoms.pbc.all():
-        raise ValueError(f"ensemble {ensemble} needs a fully periodic cell")
+        raise ValueError(f"ensemble {ensemble} needs a cell periodic in all three directions")
+    dt = timestep_fs * units.fs
+    tau_t = units.fs / friction_per_fs if friction_per_fs > 0 else 0.0
+    tau_p = 10 * tau_t
+    pressure_au = pressure_GPa * units.GPa
+    thermostat = {"temperature_K": temperature_K}
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
 
@@ -49,152 +73,169 @@ def make_integrator(
     if ensemble == "langevin":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, dt, temperature_K=temperature_K,
-                        friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
+        return Langevin(atoms, dt, friction=friction_per_fs / units.fs, fixcm=False, rng=rng,
+                        **thermostat)
+    if ensemble in ("langevin-baoab", "npt-langevin"):
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        barostat = ({"externalstress": -pressure_au, "hydrostatic": True, "P_tau": tau_p}
+                    if ensemble == "npt-langevin" else {})
+        return LangevinBAOAB(atoms, dt, T_tau=tau_t, rng=rng, **thermostat, **barostat)
     if ensemble == "andersen":
         from ase.md.andersen import Andersen
 
-        return Andersen(atoms, dt, temperature_K=temperature_K,
-                        andersen_prob=min(1.0, friction_per_fs * timestep_fs), rng=rng)
+        return Andersen(atoms, dt, andersen_prob=min(1.0, friction_per_fs * timestep_fs), rng=rng,
+                        **thermostat)
     if ensemble == "bussi":
         from ase.md.bussi import Bussi
 
-        return Bussi(atoms, dt, temperature_K=temperature_K, taut=tau, rng=rng)
+        return Bussi(atoms, dt, taut=tau_t, rng=rng, **thermostat)
     if ensemble == "nose-hoover":
         from ase.md.nose_hoover_chain import NoseHooverChainNVT
 
-        return NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tau)
+        return NoseHooverChainNVT(atoms, dt, tdamp=tau_t, **thermostat)
     if ensemble == "berendsen":
         from ase.md.nvtberendsen import NVTBerendsen
 
-        return NVTBerendsen(atoms, dt, temperature_K=temperature_K, taut=tau)
-    pressure_au = pressure_GPa * units.GPa
-    if ensemble == "npt-berendsen":
-        from ase.md.nptberendsen import NPTBerendsen
+        return NVTBerendsen(atoms, dt, taut=tau_t, fixcm=True, **thermostat)
+    if ensemble in ("npt-berendsen", "npt-berendsen-aniso"):
+        from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
 
-        return NPTBerendsen(atoms, dt, temperature_K=temperature_K, pressure_au=pressure_au,
-                            taut=tau, taup=10 * tau, compressibility_au=4.57e-5 / units.bar)
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+        cls = NPTBerendsen if ensemble == "npt-berendsen" else Inhomogeneous_NPTBerendsen
+        return cls(atoms, dt, pressure_au=pressure_au, taut=tau_t, taup=tau_p,
+                   compressibility_au=compressibility_per_GPa / units.GPa, **thermostat)
+    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 
-    return IsotropicMTKNPT(atoms, dt, temperature_K=temperature_K, pressure_au=pressure_au,
-                           tdamp=tau, pdamp=10 * tau)
+    cls = IsotropicMTKNPT if ensemble == "npt-mtk" else MTKNPT
+    return cls(atoms, dt, pressure_au=pressure_au, tdamp=tau_t, pdamp=tau_p, **thermostat)
 
 
 @dataclass
 class MDSettings:
+    """What to simulate and how to report it.
+
+    Attributes:
+        ensemble: a key of :data:`ENSEMBLES`.
+        temperature_K: initial Maxwell-Boltzmann velocities and thermostat target [K]
+            (0: start at rest).
+        timestep_fs: [fs].
+        steps: MD steps.
+        friction_per_fs: Langevin friction [1/fs]; tau_T = 1/friction, tau_P = 10 tau_T.
+        pressure_GPa: barostat target [GPa].
+        compressibility_per_GPa: Berendsen barostat compressibility [1/GPa].
+        seed: seeds the velocities and the stochastic thermostats (numpy default_rng).
+        log_every: write a log row and a trajectory frame every this many steps.
+        trajectory: output trajectory (.traj, or extended XYZ for any other extension).
+        log: text log (time, Epot, Ekin, Etot, T; P and V for periodic cells).
+        max_energy_drift_per_atom: NVE stops when |Etot - Etot(0)| / N exceeds this [eV].
+        max_temperature_K: every ensemble stops above this [K]; None: max(5000, 10 T).
+        progress: show a progress bar.
+    """
+
     ensemble: str = "nve"
     temperature_K: float = 300.0
     timestep_fs: float = 0.5
     steps: int = 1000
     friction_per_fs: float = 0.01
     pressure_GPa: float = 0.0
+    compressibility_per_GPa: float = 0.457
     seed: int = 0
     log_every: int = 10
     trajectory: str | None = None
     log: str | None = None
-    max_energy_drift_per_atom: float = 1.0  # eV/atom away from the start: a blow-up
-    max_temperature_K: float = 1e5
+    max_energy_drift_per_atom: float = 1.0
+    max_temperature_K: float | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def temperature_limit(self) -> float:
+        if self.max_temperature_K is not None:
+            return self.max_temperature_K
+        return max(5000.0, 10.0 * self.temperature_K)
 
 
-def _writer(path: str | None, atoms: ase.Atoms):
-    """Trajectory writer by extension: .traj (ASE) or anything ase.io writes (extxyz)."""
-    if not path:
-        return None, None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if path.endswith(".traj"):
-        from ase.io.trajectory import Trajectory
-
-        traj = Trajectory(path, "w", atoms)
-        return traj.write, traj.close
-    Path(path).write_text("")
-
-    def write() -> None:
-        ase.io.write(path, atoms, append=True, format="extxyz")
-
-    return write, None
+def initial_velocities(atoms: ase.Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K`` from ``rng``, zero total momentum
+    (rescaled back to the drawn temperature, as ASE's ``Stationary`` does)."""
+    if temperature_K > 0:
+        thermalize_momenta(atoms, temperature_K, rng=rng)
+        Stationary(atoms)
 
 
 def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
-    """Run MD on ``atoms`` (with a calculator attached); returns a summary dict.
+    """Run MD on ``atoms`` (with a calculator attached) with ASE's integrators.
+
+    Args:
+        atoms: the system; its positions and momenta are advanced in place.
+        settings: see :class:`MDSettings`.
+
+    Returns:
+        summary: steps, seconds, atoms, steps_per_second, ns_per_day, final_temperature_K.
 
     Raises:
-        MDInstabilityError: after writing what was simulated so far.
+        MDInstabilityError: NaN, energy drift or temperature beyond the limits, or the
+            calculator refusing the geometry; the trajectory and log so far are kept.
     """
     rng = np.random.default_rng(settings.seed)
-    if settings.temperature_K > 0:
-        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature_K, rng=rng)
-        Stationary(atoms)  # zero total momentum
+    initial_velocities(atoms, settings.temperature_K, rng)
     dyn = make_integrator(atoms, settings.ensemble, settings.timestep_fs, settings.temperature_K,
-                          settings.friction_per_fs, settings.pressure_GPa, rng)
+                          settings.friction_per_fs, settings.pressure_GPa, rng,
+                          settings.compressibility_per_GPa)
     n = len(atoms)
     periodic = bool(atoms.pbc.all())
-    e0 = atoms.get_potential_energy() + atoms.get_kinetic_energy()
-    write, close = _writer(settings.trajectory, atoms)
-    log = open(settings.log, "w") if settings.log else None  # noqa: SIM115
-    if log:
-        log.write("# time[ps] Epot[eV] Ekin[eV] Etot[eV] T[K]" + (" P[GPa]" if periodic else "") + "\n")
-    bar = tqdm(total=settings.steps, desc=f"md {settings.ensemble}", unit="step",
-               disable=not settings.progress)
-    state = {"t0": time.perf_counter(), "step": 0}
+    names, formats = md_columns(periodic)
+    log = TextLog(settings.log, names)
+    traj = TrajectoryWriter(settings.trajectory) if settings.trajectory else None
+    progress = Progress(settings.steps, settings.timestep_fs, f"md {settings.ensemble}",
+                        settings.progress)
+    t_limit = settings.temperature_limit()
+    start: dict[str, float] = {}
 
     def observe() -> None:
+        step = dyn.nsteps
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
-        temp = ekin / (1.5 * units.kB * n)
+        temp = atoms.get_temperature()
         etot = epot + ekin
-        step = dyn.nsteps
+        start.setdefault("etot", etot)
         if step % settings.log_every == 0:
-            if write:
-                write()
-            if log:
-                row = f"{step * settings.timestep_fs / 1000:.5f} {epot:.6f} {ekin:.6f} {etot:.6f} {temp:.2f}"
-                if periodic:
-                    p = -np.trace(atoms.get_stress(voigt=False, include_ideal_gas=True)) / 3
-                    row += f" {p / units.GPa:.4f}"
-                log.write(row + "\n")
-        if not np.isfinite(etot) or not np.isfinite(atoms.positions).all():
-            raise MDInstabilityError(f"step {step}: NaN in energies or positions")
-        drift = abs(etot - e0) / n
+            if traj:
+                traj.write(atoms)
+            row = [step * settings.timestep_fs / 1000, epot, ekin, etot, temp]
+            if periodic:
+                row += [pressure_GPa(atoms), atoms.get_volume()]
+            log.row(row, formats)
+        if not (np.isfinite(etot) and np.isfinite(atoms.positions).all()):
+            raise MDInstabilityError(f"step {step}: NaN/inf in the energy or positions")
+        drift = abs(etot - start["etot"]) / n
         if settings.ensemble == "nve" and drift > settings.max_energy_drift_per_atom:
             raise MDInstabilityError(
                 f"step {step}: total energy moved {drift:.3f} eV/atom from the start "
-                f"(limit {settings.max_energy_drift_per_atom}); try a smaller --timestep"
-            )
-        if temp > settings.max_temperature_K:
-            raise MDInstabilityError(f"step {step}: temperature {temp:.0f} K exceeds "
-                                     f"{settings.max_temperature_K:.0f} K: the simulation blew up")
-        done = step - state["step"]
-        state["step"] = step
-        bar.update(done)
-        elapsed = time.perf_counter() - state["t0"]
-        if elapsed > 0 and step:
-            rate = step / elapsed
-            bar.set_postfix(steps_s=f"{rate:.1f}", ns_day=f"{rate * settings.timestep_fs * 86400 / 1e6:.3f}",
-                            T=f"{temp:.0f}K")
+                f"(limit {settings.max_energy_drift_per_atom} eV/atom); try a smaller --timestep")
+        if temp > t_limit:
+            raise MDInstabilityError(f"step {step}: temperature {temp:.0f} K is above "
+                                     f"{t_limit:.0f} K; try a smaller --timestep")
+        progress.update(step, temp)
 
-    dyn.attach(observe, interval=1)
-    error = None
+    dyn.attach(observe, interval=1)  # ASE also calls it before the first step
+    error: Exception | None = None
     t0 = time.perf_counter()
     try:
-        dyn.run(settings.steps)  # ASE calls the observers at step 0 too
-    except (MDInstabilityError, FloatingPointError) as err:
+        dyn.run(settings.steps)
+    except (MDInstabilityError, FloatingPointError, AtomsTooCloseError) as err:
         error = err
     finally:
-        bar.close()
-        if close:
-            close()
-        if log:
-            log.close()
+        progress.close()
+        log.close()
+        if traj:
+            traj.close()
     seconds = time.perf_counter() - t0
     steps = dyn.nsteps
-    summary = {
-        "steps": steps, "seconds": seconds, "atoms": n,
-        "steps_per_second": steps / seconds if seconds > 0 else float("nan"),
-        "ns_per_day": steps / seconds * settings.timestep_fs * 86400 / 1e6 if seconds > 0 else float("nan"),
-        "final_temperature_K": atoms.get_kinetic_energy() / (1.5 * units.kB * n),
-    }
     if error is not None:
-        raise MDInstabilityError(f"{error} (stopped after {steps} steps; trajectory so far kept)") from error
-    return summary
+        kept = f"; trajectory so far kept in {settings.trajectory}" if settings.trajectory else ""
+        raise MDInstabilityError(f"{error} (stopped after {steps} of {settings.steps} steps{kept})") from error
+    rate = steps / seconds if seconds > 0 else float("nan")
+    return {
+        "steps": steps, "seconds": seconds, "atoms": n, "steps_per_second": rate,
+        "ns_per_day": ns_per_day(rate, settings.timestep_fs),
+        "final_temperature_K": atoms.get_temperature(),
+    }

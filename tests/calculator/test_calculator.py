@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 import ase
 import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.units import fs
 
-from mlip.calculator import AtomsTooCloseError, MLIPCalculator, UnknownElementError
+from mlip.calculator import (
+    AtomsTooCloseError,
+    MLIPCalculator,
+    NonFiniteOutputError,
+    UnknownElementError,
+)
 from mlip.data import keys
 from mlip.graph.build import atoms_to_batch
 from mlip.model.io import save_model
@@ -23,7 +31,7 @@ def test_calculator_equals_model(trained_acac_model, copper_model, shared_data):
     atoms = frames[3].copy()
     atoms.calc = MLIPCalculator(model, device="cpu")
     ref = model(atoms_to_batch([atoms], model.cutoff, dtype=torch.float64))
-    assert atoms.get_potential_energy() == pytest.approx(float(ref[keys.ENERGY][0]), abs=1e-9)
+    assert atoms.get_potential_energy() == pytest.approx(float(ref[keys.ENERGY][0].detach()), abs=1e-9)
     np.testing.assert_allclose(atoms.get_forces(), ref[keys.FORCES].detach().numpy(), atol=1e-10)
     np.testing.assert_allclose(atoms.get_potential_energies().sum(), atoms.get_potential_energy())
     with pytest.raises(PropertyNotImplementedError):
@@ -102,7 +110,7 @@ def test_skin_reuse_equals_rebuilding(trained_acac_model):
     runs = []
     for skin in (1.0, 0.0):
         atoms = frames[2].copy()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(3))
+        thermalize_momenta(atoms, 300, rng=np.random.default_rng(3))
         calc = MLIPCalculator(model, device="cpu", skin=skin, min_distance=None)
         atoms.calc = calc
         dyn = VelocityVerlet(atoms, 0.5 * fs)
@@ -112,3 +120,54 @@ def test_skin_reuse_equals_rebuilding(trained_acac_model):
     assert builds_a < builds_b / 3, (builds_a, builds_b)  # the skin really saved rebuilds
     np.testing.assert_allclose(pos_a, pos_b, atol=1e-10)
     np.testing.assert_allclose(f_a, f_b, atol=1e-9)
+
+
+def test_nan_output_raises(trained_acac_model):
+    model, frames = trained_acac_model
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(broken.backbone.parameters()).fill_(float("nan"))
+    atoms = frames[0].copy()
+    atoms.calc = MLIPCalculator(broken, device="cpu")
+    with pytest.raises(NonFiniteOutputError, match="NaN/inf"):
+        atoms.get_forces()
+
+
+def test_partially_periodic_slab(copper_model):
+    """pbc (True, True, False): calculator == model, forces == finite differences."""
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    slab.center(vacuum=4.0, axis=2)
+    slab.pbc = (True, True, False)
+    slab.rattle(0.05, seed=2)
+    slab.calc = MLIPCalculator(copper_model, device="cpu", skin=0.0)
+    ref = copper_model(atoms_to_batch([slab], copper_model.cutoff, dtype=torch.float64), compute_stress=True)
+    assert slab.get_potential_energy() == pytest.approx(float(ref[keys.ENERGY][0].detach()), abs=1e-9)
+    np.testing.assert_allclose(slab.get_forces(), ref[keys.FORCES].detach().numpy(), atol=1e-10)
+    h, (i, k) = 1e-4, (5, 2)
+    energies = []
+    for step in (1, -1):
+        moved = slab.copy()
+        moved.calc = slab.calc
+        moved.positions[i, k] += step * h
+        energies.append(moved.get_potential_energy())
+    assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(slab.get_forces()[i, k], abs=1e-6)
+
+
+def test_callers_model_untouched_and_cached(trained_acac_model):
+    """A float32 calculator casts a copy; repeated queries at one geometry do not recompute."""
+    model, frames = trained_acac_model
+    atoms = frames[0].copy()
+    calc = MLIPCalculator(model, device="cpu", dtype="float32")
+    atoms.calc = calc
+    atoms.get_forces()
+    atoms.get_potential_energy()
+    atoms.get_potential_energies()
+    assert calc.timings["calls"] == 1
+    assert next(model.parameters()).dtype == torch.float64
+    assert calc.dtype == torch.float32
+    atoms.positions[0] += 0.01
+    atoms.get_forces()
+    assert calc.timings["calls"] == 2 and calc.num_builds == 1  # moved < skin / 2: reused
+    atoms.set_cell(atoms.cell.array + np.eye(3))  # a cell change forces a rebuild
+    atoms.get_forces()
+    assert calc.num_builds == 2

@@ -13,10 +13,10 @@ import ase.io
 import pytest
 import torch
 import yaml
-from mlip.graph.build import atoms_to_batch
 
 from mlip.cli.main import main
 from mlip.data import keys
+from mlip.graph.build import atoms_to_batch
 from mlip.model.build import build_potential
 from mlip.model.io import load_model
 from mlip.training.metrics import weighted_loss

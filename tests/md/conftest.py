@@ -1,0 +1,57 @@
+"""A small CG model trained in ~15 s that is stable in 300 K acac MD (module/session scope)."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+STABLE_BACKBONE = {
+    "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
+    "init_args": {"channels": 8, "lmax_hidden": 1, "lmax_sh": 1, "correlation": 2,
+                  "num_layers": 2, "radial_hidden": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def stable_acac_model(bundled_acac):
+    """(float64 Potential, frames): 400 Adam steps (one-cycle, lr 0.02) on 50 acac frames.
+
+    The recipe that makes a few-second model MD-stable: the shift is 0 and the mean
+    interaction energy per atom of the frames is folded into the E0s. With the usual
+    coordination shift (shift ~ -4.9 eV at average coordination, i.e. ~ -0.4 eV per
+    neighbour) the briefly trained backbone has not yet learned the short-range repulsion
+    that cancels it, and the molecule collapses within ~100 fs; trained this way it stays
+    at ~300 K for > 2000 steps (force MAE ~0.16 eV/Å on test_MD_300K).
+    """
+    from mlip.graph.build import atoms_to_batch
+    from mlip.model.build import build_potential
+    from mlip.training.metrics import weighted_loss
+
+    torch.manual_seed(0)
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":50")
+    isolated = {int(a.numbers[0]): a.get_potential_energy()
+                for a in ase.io.read(bundled_acac / "isolated_atoms.xyz", ":")}
+    interaction = np.mean([(a.get_potential_energy() - sum(isolated[int(z)] for z in a.numbers))
+                           / len(a) for a in frames])
+    force_rms = float(np.sqrt(np.mean([np.mean(a.get_forces() ** 2) for a in frames])))
+    elements = [1, 6, 8]
+    model = build_potential({"backbone": STABLE_BACKBONE}, elements,
+                            [isolated[z] + interaction for z in elements], force_rms, 0.0, 5.0, 12.0)
+    steps = 400
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=steps, pct_start=0.1)
+    batches = [atoms_to_batch(frames[k:k + 5], 5.0, dtype=torch.float32) for k in range(0, 50, 5)]
+    for step in range(steps):
+        data = batches[step % len(batches)]
+        opt.zero_grad()
+        weighted_loss(model(data, training=True), data, 10.0, 100.0, 0.0)["loss"].backward()
+        opt.step()
+        sched.step()
+    return model.double().eval(), frames
+
+
+@pytest.fixture(scope="session")
+def stable_backbone():
+    return dict(STABLE_BACKBONE)
