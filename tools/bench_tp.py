@@ -4,7 +4,7 @@ forward+backward time vs L for each implementation, at the real operating point.
     python tools/bench_tp.py --threads 1 --lmax 1 2 3 4 5 6 --channels 1 32 --edges 10000 \
         --png docs/tp_bench.png
 
-Implementations are class paths (default: CG and Gaunt-grid; add e.g.
+Implementations are class paths or short names (default: CG, Gaunt-grid, Gaunt-Fourier; add e.g.
 mlip.ops.tp.cp.CPTensorProduct). Each product is l1 = l2 = l_out = L with a shared second
 operand (1 channel, like edge spherical harmonics) and per-channel weights, float32.
 Combinations whose inputs exceed --max-mb are skipped and reported.
@@ -20,7 +20,8 @@ import torch
 from mlip.ops.sh import num_components
 from mlip.ops.tp import resolve_tensor_product
 
-DEFAULT = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct"]
+DEFAULT = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct",
+           "mlip.ops.tp.gaunt.GauntFourierTensorProduct"]
 
 
 def timed(fn, repeats: int) -> float:
@@ -57,6 +58,8 @@ def main() -> None:
                     tp.prepare()  # e.g. CP factors (fitted once, then cached)
                 d = num_components(lmax)
                 mb = args.edges * c * d * max(d, tp.weight_numel) * 4 / 2**20
+                if "Fourier" in name:  # complex (4L+1)^2 arrays, a few alive at once
+                    mb = args.edges * c * (4 * lmax + 1) ** 2 * 8 * 4 / 2**20
                 if mb > args.max_mb:
                     print(f"{name:<28}{c:>5}{lmax:>4}   skipped (~{mb:.0f} MB intermediate)")
                     continue

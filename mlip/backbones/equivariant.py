@@ -138,7 +138,8 @@ class EquivariantBackbone(nn.Module):
         readout_hidden: width of the last layer's nonlinear readout.
         polynomial_p: smoothness exponent of the cutoff envelope.
         avg_num_neighbors: neighbour-sum normaliser (a dataset statistic).
-        tensor_product: class path of the TensorProduct implementation.
+        tensor_product: class path of the TensorProduct implementation, or a short name
+            (cg, gaunt-grid, gaunt-fourier, cp; see :data:`mlip.ops.tp.ALIASES`).
         tensor_product_args: extra keyword arguments for it.
 
     Input batch keys: SPECIES, EDGE_INDEX, EDGE_VECTORS. Output: NODE_ENERGIES (N,),

@@ -108,9 +108,13 @@ class TransIPBackbone(nn.Module):
         embedding_channels: channels C of the equivariant-typed embedding Z.
         embedding_lmax: max degree L of Z.
         readout_hidden: hidden width of the energy readout on Z's scalars.
+        direct_forces: also predict forces from Z's l = 1 block (one weight per channel),
+            used instead of -dE/dr. NOT energy-conserving: MD drifts; stress still comes
+            from the energy. Off by default.
         avg_num_neighbors: accepted for interface parity (unused).
 
-    Outputs NODE_ENERGIES (N,), NODE_FEATURES (N, width) and EQUIVARIANT_EMBEDDING.
+    Outputs NODE_ENERGIES (N,), NODE_FEATURES (N, width), EQUIVARIANT_EMBEDDING, and
+    DIRECT_FORCES with ``direct_forces``.
     """
 
     def __init__(
@@ -125,9 +129,12 @@ class TransIPBackbone(nn.Module):
         embedding_channels: int = 16,
         embedding_lmax: int = 2,
         readout_hidden: int = 32,
+        direct_forces: bool = False,
         avg_num_neighbors: float = 1.0,
     ) -> None:
         super().__init__()
+        if direct_forces and embedding_lmax < 1:
+            raise ValueError("direct_forces needs embedding_lmax >= 1 (forces are read from l = 1)")
         self.embedding_channels, self.embedding_lmax = embedding_channels, embedding_lmax
         self.element_embedding = nn.Embedding(num_elements, width)
         self.basis = BesselBasis(cutoff, num_radial)
@@ -139,6 +146,7 @@ class TransIPBackbone(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.project = nn.Linear(width, embedding_channels * num_components(embedding_lmax))
         self.readout = MLP((embedding_channels, readout_hidden, 1))
+        self.force_head = nn.Linear(embedding_channels, 1, bias=False) if direct_forces else None
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = data[keys.SPECIES]
@@ -152,4 +160,8 @@ class TransIPBackbone(nn.Module):
         h = self.norm(h)
         z = self.project(h).view(-1, self.embedding_channels, num_components(self.embedding_lmax))
         energy = self.readout(z[:, :, 0]).squeeze(-1)
-        return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h, keys.EQUIVARIANT_EMBEDDING: z}
+        out = {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h, keys.EQUIVARIANT_EMBEDDING: z}
+        if self.force_head is not None:
+            # l = 1 components are (x, y, z) in this SH layout.
+            out[keys.DIRECT_FORCES] = self.force_head(z[:, :, 1:4].transpose(1, 2)).squeeze(-1)
+        return out

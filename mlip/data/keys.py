@@ -57,4 +57,5 @@ GRAPH_KEYS = (
 # --- model internals -----------------------------------------------------------------
 SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
 NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift
+DIRECT_FORCES = "direct_forces"  # (N, 3) float | backbone force head, not -dE/dr (unit: the model's scale)
 EQUIVARIANT_EMBEDDING = "equivariant_embedding"  # (N, C, (L+1)^2) float | learned-equivariant embedding (TransIP)

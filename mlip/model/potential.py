@@ -100,7 +100,8 @@ class Potential(nn.Module):
         compute_stress: bool = False,
         training: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energies, and forces/stress by autograd.
+        """Energies, and forces/stress by autograd (forces from the backbone instead when it
+        has a direct force head, which is then not energy-conserving).
 
         Args:
             data: batch dict with POSITIONS, ATOMIC_NUMBERS, EDGE_INDEX, CELL_SHIFTS, CELL,
@@ -140,6 +141,11 @@ class Potential(nn.Module):
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {k: v for k, v in out.items() if k != keys.NODE_ENERGIES}  # extra outputs
         result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})
+        # A direct force head (TransIP option) replaces -dE/dr: not energy-conserving.
+        direct = result.pop(keys.DIRECT_FORCES, None)
+        if compute_forces and direct is not None:
+            result[keys.FORCES] = self.scale * direct
+            compute_forces = False
         wrt = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(

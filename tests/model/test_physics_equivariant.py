@@ -1,5 +1,5 @@
 """The physics test kit on the equivariant backbone with every exact tensor product
-(CG reference, Gaunt on the sphere grid), float64 (tight) and float32."""
+(CG reference, Gaunt on the sphere grid and in the 2D Fourier basis), float64 (tight) and float32."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from ase.build import bulk
 from mlip.model.build import build_potential
 from mlip.testing import physics
 
-TENSOR_PRODUCTS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct"]
+TENSOR_PRODUCTS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct",
+                   "mlip.ops.tp.gaunt.GauntFourierTensorProduct"]
 
 
-@pytest.fixture(params=TENSOR_PRODUCTS, ids=["cg", "gaunt-grid"])
+@pytest.fixture(params=TENSOR_PRODUCTS, ids=["cg", "gaunt-grid", "gaunt-fourier"])
 def tensor_product(request):
     return request.param
 

@@ -44,6 +44,26 @@ def test_full_rank_equals_cg_with_shared_weights(lmax):
     assert ((out - ref).norm() / ref.norm()) < 1e-6
 
 
+@pytest.mark.parametrize("lmax", [1, 2])
+def test_sharing_off_is_cg_with_per_path_weights(lmax):
+    """share_weights=False: one weight per CG path; at its default (exact) rank it is the
+    CG product with the same weights; below that rank it is visibly approximate."""
+    d = num_components(lmax)
+    tp = CPTensorProduct(lmax, lmax, lmax, share_weights=False).double()
+    tp.prepare()
+    cg = CGTensorProduct(lmax, lmax, lmax)
+    assert tp.rank == d * d and tp.weight_numel == cg.weight_numel
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(5, 3, d, generator=g, dtype=torch.float64)
+    x2 = torch.randn(5, 1, d, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 3, cg.weight_numel, generator=g, dtype=torch.float64)
+    ref = cg(x1, x2, w)
+    assert ((tp(x1, x2, w) - ref).norm() / ref.norm()) < 1e-12
+    low = CPTensorProduct(lmax, lmax, lmax, rank=7 * lmax**2, share_weights=False).double()
+    low.prepare()
+    assert 0.1 < float(low.fit_error) < 1.0  # the stacked path tensor is not low rank
+
+
 def equivariance_error(tp, lmax, num=100):
     g = torch.Generator().manual_seed(1)
     d = num_components(lmax)

@@ -11,7 +11,8 @@ from mlip.ops.sh import irreps_of, num_components, spherical_harmonics, wigner_d
 from mlip.ops.tp import resolve_tensor_product
 from mlip.ops.tp.cg import CGTensorProduct, cg_paths
 
-IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct"]
+IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct",
+                   "mlip.ops.tp.gaunt.GauntFourierTensorProduct"]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 

@@ -11,6 +11,14 @@ channel one weight per degree of x1 and one per output degree (as for the Gaunt 
 approximately equivariant; the error shrinks with the decomposition error (measured in
 tests and by ``mlip eval --equivariance``).
 
+Path-weight sharing off (``share_weights=False``): the CP decomposition is of the stacked
+path tensor M_ij(pk) (D1, D2, P Dout) instead, with one weight per (channel, CG path) as in
+the CG product: out_k = sum_p w_p sum_r A_(pk)r (x1 B)_r (x2 C)_r, O(R (D1 + D2 + P Dout))
+per channel. At full rank it equals :class:`mlip.ops.tp.cg.CGTensorProduct` exactly. This
+is the ablation of the paper's sharing: the stacked tensor is not low-rank (relative error
+0.35 at L = 1, 0.44 at L = 2 for R = 7 L^2), so its default rank is the exact D1 D2 and it
+is not faster than CG; sharing is what makes CP cheap.
+
 The factors are persistent buffers (saved models carry them). ``__init__`` only allocates;
 :meth:`CPTensorProduct.prepare` fills them: exactly at full rank (R >= D1 D2), otherwise from
 a cache file or by a deterministic ALS fit that writes the cache.
@@ -27,7 +35,7 @@ import torch
 
 from mlip.ops.sh import degree_of_components, num_components
 from mlip.ops.tp.base import TensorProduct
-from mlip.ops.tp.cg import cg_path_tensor
+from mlip.ops.tp.cg import cg_path_tensor, cg_paths
 
 
 def default_rank(lmax_in1: int, lmax_in2: int, lmax_out: int) -> int:
@@ -38,6 +46,15 @@ def default_rank(lmax_in1: int, lmax_in2: int, lmax_out: int) -> int:
 def shared_path_tensor(lmax_in1: int, lmax_in2: int, lmax_out: int) -> np.ndarray:
     """M = sum over CG paths, (D1, D2, Dout) float64."""
     return cg_path_tensor(lmax_in1, lmax_in2, lmax_out).sum(0).numpy()
+
+
+def path_tensor(lmax_in1: int, lmax_in2: int, lmax_out: int, share_weights: bool = True) -> np.ndarray:
+    """The tensor to decompose: shared (D1, D2, Dout) or per path (D1, D2, P Dout)."""
+    if share_weights:
+        return shared_path_tensor(lmax_in1, lmax_in2, lmax_out)
+    paths = cg_path_tensor(lmax_in1, lmax_in2, lmax_out)  # (P, D1, D2, Dout)
+    p, d1, d2, d3 = paths.shape
+    return paths.permute(1, 2, 0, 3).reshape(d1, d2, p * d3).numpy()
 
 
 def exact_factors(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,23 +117,26 @@ def cache_dir() -> Path:
 
 
 def load_or_fit(lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int,
-                verbose: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Factors for (L1, L2, Lout, R): exact at full rank, else cached or fitted (then cached).
-    Cache files are raw numpy arrays (``allow_pickle=False``)."""
-    m = shared_path_tensor(lmax_in1, lmax_in2, lmax_out)
+                verbose: bool = False, share_weights: bool = True,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Factors for (L1, L2, Lout, R, sharing): exact at full rank, else cached or fitted
+    (then cached). Cache files are raw numpy arrays (``allow_pickle=False``)."""
+    m = path_tensor(lmax_in1, lmax_in2, lmax_out, share_weights)
     if rank >= m.shape[0] * m.shape[1]:
         a, b, c = exact_factors(m)
         pad = rank - a.shape[1]
         a, b, c = (np.pad(x, ((0, 0), (0, pad))) for x in (a, b, c))
         return a, b, c, 0.0
-    path = cache_dir() / f"cp_l{lmax_in1}_{lmax_in2}_{lmax_out}_r{rank}.npz"
+    kind = "" if share_weights else "_paths"
+    path = cache_dir() / f"cp_l{lmax_in1}_{lmax_in2}_{lmax_out}_r{rank}{kind}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return f["a"], f["b"], f["c"], float(f["error"])
     t = time.perf_counter()
     a, b, c, err = fit_cp(m, rank)
     if verbose:
-        print(f"fitted CP rank {rank} for (L1, L2, Lout) = ({lmax_in1}, {lmax_in2}, {lmax_out}): "
+        print(f"fitted CP rank {rank} for (L1, L2, Lout) = ({lmax_in1}, {lmax_in2}, {lmax_out})"
+              f"{'' if share_weights else ' per path'}: "
               f"relative error {err:.2e} in {time.perf_counter() - t:.1f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
@@ -126,11 +146,14 @@ def load_or_fit(lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int,
 
 
 class CPTensorProduct(TensorProduct):
-    """Rank-R CP tensor product with shared path weights.
+    """Rank-R CP tensor product, path weights shared (default) or one per CG path.
 
     Args:
         lmax_in1, lmax_in2, lmax_out: degrees.
-        rank: CP rank R (default 7 L^2); R >= D1 D2 is exact.
+        rank: CP rank R (default 7 L^2 shared, D1 D2 unshared); R >= D1 D2 is exact.
+        share_weights: True: per-degree weights shared by all paths,
+            ``weight_numel = (lmax_in1 + 1) + (lmax_out + 1)``; False: one weight per CG
+            path (``weight_numel = P``, as CG), decomposing the stacked path tensor.
 
     >>> tp = CPTensorProduct(1, 1, 1, rank=16)
     >>> tp.prepare()
@@ -138,12 +161,20 @@ class CPTensorProduct(TensorProduct):
     torch.Size([3, 2, 4])
     """
 
-    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int | None = None) -> None:
+    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int | None = None,
+                 share_weights: bool = True) -> None:
         super().__init__(lmax_in1, lmax_in2, lmax_out)
-        self.rank = int(rank or default_rank(lmax_in1, lmax_in2, lmax_out))
-        self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
+        self.share_weights = bool(share_weights)
         d1, d2, d3 = (num_components(x) for x in (lmax_in1, lmax_in2, lmax_out))
-        self.register_buffer("factor_a", torch.zeros(d3, self.rank, dtype=torch.float64))
+        # Unshared, the stacked per-path tensor is far from low rank (relative error 0.35
+        # at L = 1 and 0.44 at L = 2 for 7 L^2), so its default is the exact rank D1 D2.
+        default = default_rank(lmax_in1, lmax_in2, lmax_out) if self.share_weights else d1 * d2
+        self.rank = int(rank or default)
+        self.num_paths = len(cg_paths(lmax_in1, lmax_in2, lmax_out))
+        self.weight_numel = ((lmax_in1 + 1) + (lmax_out + 1) if self.share_weights
+                             else self.num_paths)
+        rows_a = d3 if self.share_weights else self.num_paths * d3
+        self.register_buffer("factor_a", torch.zeros(rows_a, self.rank, dtype=torch.float64))
         self.register_buffer("factor_b", torch.zeros(d1, self.rank, dtype=torch.float64))
         self.register_buffer("factor_c", torch.zeros(d2, self.rank, dtype=torch.float64))
         self.register_buffer("fit_error", torch.tensor(float("nan"), dtype=torch.float64))
@@ -152,14 +183,16 @@ class CPTensorProduct(TensorProduct):
 
     def prepare(self) -> None:
         """Fill the factors (the explicit step; see module docstring)."""
-        a, b, c, err = load_or_fit(self.lmax_in1, self.lmax_in2, self.lmax_out, self.rank)
+        a, b, c, err = load_or_fit(self.lmax_in1, self.lmax_in2, self.lmax_out, self.rank,
+                                   share_weights=self.share_weights)
         with torch.no_grad():
             for buf, val in ((self.factor_a, a), (self.factor_b, b), (self.factor_c, c)):
                 buf.copy_(torch.from_numpy(np.ascontiguousarray(val)))
             self.fit_error.fill_(err)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", rank={self.rank}, fit_error={float(self.fit_error):.2e}"
+        return (super().extra_repr() + f", rank={self.rank}, share_weights={self.share_weights}, "
+                f"fit_error={float(self.fit_error):.2e}")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         if not getattr(self, "_checked", False):
@@ -167,9 +200,14 @@ class CPTensorProduct(TensorProduct):
                 raise RuntimeError("CPTensorProduct factors are not set: call prepare() (build_potential "
                                    "does) or load a saved model")
             self._checked = True
+        a, b, c = (f.to(x1.dtype) for f in (self.factor_a, self.factor_b, self.factor_c))
+        if not self.share_weights:
+            per_path = (((x1 @ b) * (x2 @ c)) @ a.T).unflatten(-1, (self.num_paths, -1))
+            if weight is None:
+                return per_path.sum(-2)
+            return (per_path * weight.unsqueeze(-1)).sum(-2)
         if weight is not None:
             x1 = x1 * weight[..., : self.lmax_in1 + 1][..., self.deg1]
-        a, b, c = (f.to(x1.dtype) for f in (self.factor_a, self.factor_b, self.factor_c))
         out = ((x1 @ b) * (x2 @ c)) @ a.T
         if weight is not None:
             out = out * weight[..., self.lmax_in1 + 1 :][..., self.deg_out]

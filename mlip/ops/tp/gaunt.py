@@ -1,5 +1,8 @@
-"""Gaunt tensor product on a spherical grid ("The Price of Freedom", Xie et al. 2025;
-Gaunt products after Luo, Chen, Krishnapriyan, ICLR 2024).
+"""Gaunt tensor products (Luo, Chen, Krishnapriyan, ICLR 2024) in both published forms:
+on a spherical quadrature grid ("The Price of Freedom", Xie et al. 2025;
+:class:`GauntGridTensorProduct`) and through the 2D Fourier basis with FFT convolution
+(the ICLR paper; :class:`GauntFourierTensorProduct`). Both compute the same product, with the
+same weights and normalisation, to float precision (tested).
 
 Coefficient vectors are read as functions on the sphere, f(s) = sum_lm x_lm Y_lm(s); the
 Gaunt product multiplies two such functions pointwise and projects the product back onto
@@ -68,14 +71,21 @@ def gaunt_grid_matrices(
     proj = (y[: num_components(lmax_out)] * w).T  # (G, Dout)
     if not normalize:
         return to1, to2, proj
-    # Variance normalisation from the exact coupling tensor G_abc = sum_g Y_b Y_c Y_a w.
+    scale = output_scale(lmax_in1, lmax_in2, lmax_out)
+    return to1, to2, proj * scale[degree_of_components(lmax_out)]
+
+
+@functools.lru_cache(maxsize=64)
+def output_scale(lmax_in1: int, lmax_in2: int, lmax_out: int) -> torch.Tensor:
+    """(lmax_out + 1,) per-degree factors that make unit-variance inputs give unit-variance
+    outputs, from the exact coupling tensor G_abc = sum_g Y_b Y_c Y_a w (float64)."""
+    to1, to2, proj = gaunt_grid_matrices(lmax_in1, lmax_in2, lmax_out, normalize=False)
     coupling = torch.einsum("bg,cg,ga->abc", to1, to2, proj)
     var = coupling.square().sum(dim=(1, 2))  # (Dout,)
     degree = degree_of_components(lmax_out)
     per_degree = torch.zeros(lmax_out + 1, dtype=torch.float64).index_add_(0, degree, var)
     per_degree = per_degree / (2 * torch.arange(lmax_out + 1, dtype=torch.float64) + 1)
-    scale = torch.where(per_degree > 0, per_degree.rsqrt(), torch.zeros_like(per_degree))
-    return to1, to2, proj * scale[degree]
+    return torch.where(per_degree > 0, per_degree.rsqrt(), torch.zeros_like(per_degree))
 
 
 def gaunt_grid_product(
@@ -93,12 +103,13 @@ def gaunt_grid_product(
     return ((x1 @ to1) * (x2 @ to2)) @ from_grid
 
 
-class GauntGridTensorProduct(TensorProduct):
-    """Gaunt tensor product evaluated on an exact spherical quadrature grid.
+class _GauntTensorProduct(TensorProduct):
+    """Per-degree weights around a Gaunt product; subclasses provide ``_constants_for``
+    (the float64 master constants) and ``_product``.
 
-    >>> tp = GauntGridTensorProduct(1, 2, 2)
-    >>> tp(torch.randn(4, 3, 4), torch.randn(4, 1, 9), torch.ones(4, 3, tp.weight_numel)).shape
-    torch.Size([4, 3, 9])
+    Weights: per channel, one for each degree of x1 (applied before the product) and one
+    for each output degree (after), ``weight_numel = (lmax_in1 + 1) + (lmax_out + 1)``.
+    Constants are built deterministically on first use per (dtype, device) and cached.
     """
 
     def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
@@ -106,26 +117,178 @@ class GauntGridTensorProduct(TensorProduct):
         self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
         self._constants: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
+    def _constants_for(self) -> tuple[torch.Tensor, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def _matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.dtype, like.device)
         if key not in self._constants:
-            mats = gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
             deg1 = degree_of_components(self.lmax_in1)
             deg_out = degree_of_components(self.lmax_out)
+            complex_dtype = torch.complex128 if like.dtype == torch.float64 else torch.complex64
             self._constants[key] = tuple(
-                t.to(device=like.device, dtype=like.dtype if t.is_floating_point() else t.dtype)
-                for t in (*mats, deg1, deg_out)
+                t.to(device=like.device,
+                     dtype=(complex_dtype if t.is_complex() else like.dtype)
+                     if t.is_floating_point() or t.is_complex() else t.dtype)
+                for t in (*self._constants_for(), deg1, deg_out)
             )
         return self._constants[key]
 
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        to1, to2, from_grid, deg1, deg_out = self._matrices(x1)
+        *consts, deg1, deg_out = self._matrices(x1)
         if weight is not None:
             w1, w_out = weight[..., : self.lmax_in1 + 1], weight[..., self.lmax_in1 + 1 :]
             x1 = x1 * w1[..., deg1]
-        out = gaunt_grid_product(x1, x2, to1, to2, from_grid)
+        out = self._product(x1, x2, consts)
         if weight is not None:
             out = out * w_out[..., deg_out]
         return out
+
+
+class GauntGridTensorProduct(_GauntTensorProduct):
+    """Gaunt tensor product evaluated on an exact spherical quadrature grid.
+
+    >>> tp = GauntGridTensorProduct(1, 2, 2)
+    >>> tp(torch.randn(4, 3, 4), torch.randn(4, 1, 9), torch.ones(4, 3, tp.weight_numel)).shape
+    torch.Size([4, 3, 9])
+    """
+
+    def _constants_for(self) -> tuple[torch.Tensor, ...]:
+        return gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
+        return gaunt_grid_product(x1, x2, *consts)
+
+
+# -- 2D Fourier form ----------------------------------------------------------------------------
+#
+# A real SH of degree l is a homogeneous polynomial of degree l in (x, y, z); with
+# x = sin t cos p, y = sin t sin p, z = cos t it is a trigonometric polynomial of degree <= l
+# in t and in p over the torus [0, 2 pi)^2, so (2l + 1)^2 uniform samples give its 2D Fourier
+# coefficients exactly. Products of sphere functions are then 2D convolutions of coefficient
+# arrays (FFT), and the projection back onto SH integrates e^{i(u t + v p)} Y_lm sin t over
+# the sphere (t in [0, pi]) in closed form.
+
+
+def _fourier_coefficients(values: torch.Tensor) -> torch.Tensor:
+    """(..., M, M) samples on the uniform torus grid -> (..., M, M) coefficients c[u, v]
+    (frequency u at index u mod M) with f(t, p) = sum c[u, v] e^{i(u t + v p)}."""
+    m = values.shape[-1]
+    return torch.fft.fft2(values.to(torch.complex128)) / (m * m)
+
+
+def _torus_sh(lmax: int, m: int, times_sin: bool = False) -> torch.Tensor:
+    """(D, M, M) real SH (optionally times sin t) on the uniform M x M torus grid (float64)."""
+    angles = 2 * np.pi * np.arange(m) / m
+    t, p = np.meshgrid(angles, angles, indexing="ij")
+    points = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], axis=-1)
+    y = spherical_harmonics(torch.from_numpy(points.reshape(-1, 3)), lmax)
+    y = y.T.reshape(-1, m, m)
+    if times_sin:
+        y = y * torch.from_numpy(np.sin(t))
+    return y
+
+
+def _to_fft_layout(coeffs: torch.Tensor, degree: int, n: int) -> torch.Tensor:
+    """Move coefficients of frequencies |u|, |v| <= degree from an M-periodic layout
+    (M = coeffs.shape[-1]) into an n-periodic one (index u mod n), zero elsewhere."""
+    m = coeffs.shape[-1]
+    out = torch.zeros(*coeffs.shape[:-2], n, n, dtype=coeffs.dtype)
+    freqs = torch.arange(-degree, degree + 1)
+    src, dst = freqs % m, freqs % n
+    out[..., dst[:, None], dst[None, :]] = coeffs[..., src[:, None], src[None, :]]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def gaunt_fourier_matrices(
+    lmax_in1: int, lmax_in2: int, lmax_out: int, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(to_fourier1 (D1, n*n), to_fourier2 (D2, n*n), from_fourier (n*n, Dout)), complex128.
+
+    ``n = 2 (L1 + L2) + 1`` is the smallest FFT size that holds the product's frequencies
+    without wrap-around. ``to_fourier`` maps SH coefficients to 2D Fourier coefficients in
+    FFT layout (sparse: a real SH of order m only has azimuthal frequencies +-m);
+    ``from_fourier`` projects Fourier coefficients of the product onto SH with the
+    component normalisation of :func:`gaunt_grid_matrices` (mean over the sphere of f Y).
+    """
+    n = 2 * (lmax_in1 + lmax_in2) + 1
+    to = []
+    for lmax in (lmax_in1, lmax_in2):
+        coeffs = _fourier_coefficients(_torus_sh(lmax, 2 * lmax + 1))
+        to.append(_to_fft_layout(coeffs, lmax, n).reshape(-1, n * n))
+    # Y_a(t, p) sin t = sum_{a', b} h[a', b] e^{i(a' t + b p)}, degree <= L_out + 1 in t.
+    degree = lmax_out + 1
+    h = _fourier_coefficients(_torus_sh(lmax_out, 2 * degree + 1, times_sin=True))
+    h = _to_fft_layout(h, degree, 2 * degree + 1)  # unchanged layout, frequencies |.| <= degree
+    m = 2 * degree + 1
+    # (1 / 4 pi) int_0^pi int_0^2pi e^{i(u t + v p)} e^{i(a t + b p)} dp dt
+    #   = (1 / 2) delta(v + b) I(u + a), I(k) = int_0^pi e^{ikt} dt.
+    freqs_n = torch.arange(n)
+    u = torch.where(freqs_n > n // 2, freqs_n - n, freqs_n)  # signed frequency of index
+    a = torch.where(torch.arange(m) > m // 2, torch.arange(m) - m, torch.arange(m))
+    k = u[:, None] + a[None, :]  # (n, m)
+    k_c = k.to(torch.complex128)
+    odd = (k % 2 != 0)
+    integral = torch.where(k == 0, torch.full_like(k_c, np.pi),
+                           torch.where(odd, 2j / k_c.where(k != 0, torch.ones_like(k_c)),
+                                       torch.zeros_like(k_c)))
+    # sum over a: J[u, b, lm] = sum_a I(u + a) h[lm, a, b]
+    j = torch.einsum("ua,dab->ubd", integral, h)  # (n, m, Dout)
+    proj = torch.zeros(n, n, h.shape[0], dtype=torch.complex128)
+    for v in range(-(lmax_in1 + lmax_in2), lmax_in1 + lmax_in2 + 1):
+        b = -v
+        if abs(b) <= degree:
+            proj[:, v % n, :] = 0.5 * j[:, b % m, :]
+    proj = proj.reshape(n * n, -1)
+    if normalize:
+        proj = proj * output_scale(lmax_in1, lmax_in2, lmax_out)[degree_of_components(lmax_out)]
+    return to[0], to[1], proj
+
+
+def gaunt_fourier_product(
+    x1: torch.Tensor, x2: torch.Tensor, to1: torch.Tensor, to2: torch.Tensor,
+    from_fourier: torch.Tensor,
+) -> torch.Tensor:
+    """SH -> 2D Fourier -> FFT convolution -> SH (pure function).
+
+    Args:
+        x1: (..., C, D1) real; x2: (..., C or 1, D2) real; complex matrices from
+            :func:`gaunt_fourier_matrices` (in the complex dtype matching x1's precision).
+
+    Returns:
+        (..., C, Dout) real.
+    """
+    n2 = to1.shape[-1]
+    n = math.isqrt(n2)
+    f1 = (x1.to(to1.dtype) @ to1).unflatten(-1, (n, n))
+    f2 = (x2.to(to2.dtype) @ to2).unflatten(-1, (n, n))
+    # Linear 2D convolution of the coefficient arrays (n >= both supports summed, so the
+    # circular convolution of the FFT has no wrap-around): ifft2 * ifft2 -> fft2.
+    shape = torch.broadcast_shapes(f1.shape, f2.shape)
+    if 0 in shape:  # e.g. no edges (a lone atom): MKL's FFT rejects empty batches
+        return x1.new_zeros(*shape[:-2], from_fourier.shape[-1])
+    conv = torch.fft.fft2(torch.fft.ifft2(f1) * torch.fft.ifft2(f2)) * n2
+    return (conv.flatten(-2) @ from_fourier).real
+
+
+class GauntFourierTensorProduct(_GauntTensorProduct):
+    """Gaunt tensor product through the 2D Fourier basis and FFT convolution (Luo et al.).
+
+    Same product, weights and normalisation as :class:`GauntGridTensorProduct`.
+
+    >>> tp = GauntFourierTensorProduct(1, 2, 2)
+    >>> tp(torch.randn(4, 3, 4), torch.randn(4, 1, 9), torch.ones(4, 3, tp.weight_numel)).shape
+    torch.Size([4, 3, 9])
+    """
+
+    def _constants_for(self) -> tuple[torch.Tensor, ...]:
+        return gaunt_fourier_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
+        return gaunt_fourier_product(x1, x2, *consts)
