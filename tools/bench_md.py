@@ -7,7 +7,7 @@ Systems: one acac molecule (15 atoms), the 960-atom periodic acac box
 (shared/data/bench/acac_box64.xyz, the system of the MACE figures in shared/BASELINES.md),
 a 1,000-atom fcc Cu cell (5x5x10 cubic cells at the EMT lattice constant, rattled), and
 K acac replicas in one batched call per step (``mlip md --replicas``). Models have the
-architecture of configs/quickstart.yaml; speed does not depend on the weights, but so that
+architecture of configs/quickstart.yaml (or of --config); speed does not depend on the weights, but so that
 the dynamics is physical (neighbour-list rebuilds happen at the real rate) each model is
 first trained briefly (--train-steps Adam steps) on acac/train_300K.xyz or cu_emt/train.xyz,
 or given with --acac-model / --cu-model. ASE VelocityVerlet, 0.5 fs, 300 K start, after
@@ -46,13 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: int) -> torch.nn.Module:
-    """The quickstart architecture, trained ``steps`` Adam steps on ``frames`` (float32).
+def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: int,
+                     config_file: Path | None = None) -> torch.nn.Module:
+    """The quickstart architecture (or that of ``config_file``), trained ``steps`` Adam steps
+    on ``frames`` (float32).
 
     E0s are the isolated-atom energies plus the frames' mean interaction energy per atom
     and the shift is 0: a briefly trained model is then MD-stable (see tests/md/conftest.py).
     """
-    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    config = yaml.safe_load(Path(config_file or ROOT / "configs" / "quickstart.yaml").read_text())
     e_iso = {int(a.numbers[0]): a.get_potential_energy() for a in isolated}
     elements = sorted({int(z) for a in frames for z in a.numbers})
     inter = np.mean([(a.get_potential_energy() - sum(e_iso[int(z)] for z in a.numbers)) / len(a)
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--acac-model", default=None, help="model file (default: trained briefly)")
     parser.add_argument("--cu-model", default=None, help="model file (default: trained briefly)")
+    parser.add_argument("--config", default=None,
+                        help="architecture of the briefly trained models (default quickstart.yaml)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     wanted = args.systems.split(",")
@@ -145,14 +149,15 @@ def main() -> None:
     else:
         acac_model = quickstart_model(ase.io.read(acac_path / "train_300K.xyz", ":50"),
                                       ase.io.read(acac_path / "isolated_atoms.xyz", ":"),
-                                      args.train_steps).to(dtype)
+                                      args.train_steps, args.config).to(dtype)
     if "cu" in wanted:
         cu_model = (load_model(args.cu_model, dtype=dtype) if args.cu_model else
                     quickstart_model(ase.io.read(SHARED / "cu_emt" / "train.xyz", ":20"),
                                      ase.io.read(SHARED / "cu_emt" / "isolated_atoms.xyz", ":"),
-                                     args.train_steps).to(dtype))
+                                     args.train_steps, args.config).to(dtype))
     print(f"models ready in {time.perf_counter() - t:.0f} s "
-          f"({sum(p.numel() for p in acac_model.parameters()):,} parameters, quickstart architecture)")
+          f"({sum(p.numel() for p in acac_model.parameters()):,} parameters, "
+          f"{args.acac_model or args.config or 'quickstart architecture'})")
     molecule = ase.io.read(acac_path / "train_300K.xyz", 0)
     box_file = SHARED / "bench" / "acac_box64.xyz"
     systems = {

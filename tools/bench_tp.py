@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-mb", type=float, default=2000.0)
     parser.add_argument("--png", default=None, help="write a plot of time vs L")
+    parser.add_argument("--fit-max-lmax", type=int, default=3,
+                        help="above this L, products needing prepare() (CP) are timed with random "
+                        "factors instead of fitted ones (marked *): same cost, no minutes-long fit")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -52,10 +55,19 @@ def main() -> None:
     for c in args.channels:
         for lmax in args.lmax:
             for path in args.impl:
-                name = path.rsplit(".", 1)[1].replace("TensorProduct", "")
-                tp = resolve_tensor_product(path)(lmax, lmax, lmax)
+                cls = resolve_tensor_product(path)
+                name = cls.__name__.replace("TensorProduct", "")
+                tp = cls(lmax, lmax, lmax)
+                mark = ""
                 if callable(getattr(tp, "prepare", None)):
-                    tp.prepare()  # e.g. CP factors (fitted once, then cached)
+                    if lmax <= args.fit_max_lmax:
+                        tp.prepare()  # e.g. CP factors (fitted once, then cached)
+                    else:  # timing does not depend on the factor values
+                        with torch.no_grad():
+                            for buf in tp.buffers():
+                                if buf.is_floating_point():
+                                    buf.normal_()
+                        mark = "*"
                 d = num_components(lmax)
                 mb = args.edges * c * d * max(d, tp.weight_numel) * 4 / 2**20
                 if "Fourier" in name:  # complex (4L+1)^2 arrays, a few alive at once
@@ -72,7 +84,8 @@ def main() -> None:
                 both = timed(lambda tp=tp, x1=x1, x2=x2, w=w: tp(x1, x2, w).square().sum().backward(),
                              args.repeats)
                 rows.append((name, c, lmax, fwd, both))
-                print(f"{name:<28}{c:>5}{lmax:>4}{fwd * 1e3:>10.2f}{both * 1e3:>12.2f}", flush=True)
+                print(f"{name + mark:<28}{c:>5}{lmax:>4}{fwd * 1e3:>10.2f}{both * 1e3:>12.2f}",
+                      flush=True)
     names = sorted({r[0] for r in rows})
     for c in args.channels:
         for other in names:

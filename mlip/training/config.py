@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         # Symmetry without equivariant layers (TransIP and friends):
         "augment_rotations": False,  # rotate every training batch randomly (baseline)
         "equivariance_weight": 0.0,  # weight of the learned-equivariance loss (> 0 enables)
+        "equivariance_max_angle": 180.0,  # its rotations: Haar-uniform at 180, else angle <= this [deg]
         "ema_decay": 0.99,  # 0 disables EMA
         "gradient_clip": 10.0,
         "early_stopping_patience": None,  # epochs without val-loss improvement

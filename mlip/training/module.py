@@ -91,10 +91,12 @@ class PotentialModule(L.LightningModule):
         sums = metric_sums(pred, data)
         self._sums[split] = self._sums.get(split, torch.zeros_like(sums)) + sums
 
-    def _rotations(self, num: int) -> torch.Tensor:
-        """Random rotations that depend only on (seed, step): resumes stay exact."""
-        g = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + self.global_step)
-        return random_rotations(num, g, device=self.device)
+    def _rotations(self, num: int, max_angle_deg: float = 180.0, stream: int = 0) -> torch.Tensor:
+        """Random rotations that depend only on (seed, step, stream): resumes stay exact;
+        augmentation (stream 0) and the objective (stream 1) draw independently."""
+        seed = (self.config["seed"] * 1_000_003 + self.global_step) * 2 + stream
+        g = torch.Generator().manual_seed(seed)
+        return random_rotations(num, g, device=self.device, max_angle_deg=max_angle_deg)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         data = batch_to_dict(batch)
@@ -108,7 +110,7 @@ class PotentialModule(L.LightningModule):
             if keys.EQUIVARIANT_EMBEDDING not in pred:
                 raise ValueError("training.equivariance_weight > 0 needs a backbone with an "
                                  f"{keys.EQUIVARIANT_EMBEDDING!r} output (e.g. TransIPBackbone)")
-            rotations = self._rotations(num_graphs)
+            rotations = self._rotations(num_graphs, tc["equivariance_max_angle"], stream=1)
             rotated = self.model(rotate_batch(data, rotations), compute_forces=False)
             z = pred[keys.EQUIVARIANT_EMBEDDING]
             lmax = int(round(z.shape[-1] ** 0.5)) - 1

@@ -9,9 +9,19 @@ from mlip.ops.sh import num_components, wigner_d
 
 
 def random_rotations(num: int, generator: torch.Generator | None = None,
-                     dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """(num, 3, 3) Haar-uniform rotations from random unit quaternions."""
-    q = torch.randn(num, 4, generator=generator, dtype=torch.float64)
+                     dtype: torch.dtype = torch.float64, device=None,
+                     max_angle_deg: float = 180.0) -> torch.Tensor:
+    """(num, 3, 3) random rotations from unit quaternions: Haar-uniform for
+    ``max_angle_deg >= 180``, else a uniform random axis and an angle uniform in
+    [0, max_angle_deg] (small rotations, e.g. for a curriculum)."""
+    if max_angle_deg >= 180.0:
+        q = torch.randn(num, 4, generator=generator, dtype=torch.float64)
+    else:
+        axis = torch.randn(num, 3, generator=generator, dtype=torch.float64)
+        axis = axis / axis.norm(dim=1, keepdim=True)
+        half = torch.rand(num, generator=generator, dtype=torch.float64) * max_angle_deg
+        half = torch.deg2rad(half) / 2
+        q = torch.cat([half.cos()[:, None], half.sin()[:, None] * axis], dim=1)
     q = q / q.norm(dim=1, keepdim=True)
     a, b, c, d = q.unbind(1)
     r = torch.stack([

@@ -126,3 +126,10 @@ def test_direct_force_head(frames):
     for err in (physics.measure_translation_error(model, frames[0]),
                 physics.measure_permutation_error(model, frames[0])):
         assert err["energy"] < 1e-12 and err["forces"] < 1e-10, err
+
+
+def test_small_rotations_respect_the_angle_bound():
+    rot = random_rotations(200, torch.Generator().manual_seed(3), max_angle_deg=20.0)
+    angle = torch.rad2deg(torch.arccos(((rot.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert angle.max() <= 20.0 + 1e-9 and angle.max() > 15.0
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(200, dtype=torch.float64))

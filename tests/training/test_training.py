@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -166,3 +167,35 @@ def test_ddp_two_cpu_processes(tiny_data):
     assert summary["last_metrics"]["val"]["structures"] == 6
     assert len(list((run / "checkpoints").glob("best*.ckpt"))) == 1
     assert (run / "model.pt").is_file()
+
+
+TINY_TRANSIP = {"class_path": "mlip.backbones.transip.TransIPBackbone",
+                "init_args": {"width": 16, "depth": 1, "heads": 2, "edge_width": 16,
+                              "embedding_channels": 4, "embedding_lmax": 1}}
+
+
+@pytest.mark.parametrize("direct_forces", [False, True])
+def test_transip_trains_with_objective_and_runs_md(tiny_data, capsys, direct_forces):
+    """TransIP through the same CLI: train with augmentation + the learned-equivariance
+    objective (logged), then `mlip md` with the exported model (conservative forces, or the
+    direct force head)."""
+    cfg = write_config(tiny_data, tiny_data, augment_rotations=True, equivariance_weight=1.0)
+    config = yaml.safe_load(cfg.read_text())
+    config["model"]["backbone"] = {"class_path": TINY_TRANSIP["class_path"],
+                                   "init_args": {**TINY_TRANSIP["init_args"],
+                                                 "direct_forces": direct_forces}}
+    cfg.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(cfg)]) == 0
+    run = tiny_data / "runs" / "tiny"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "tensorboard").glob("events.out.tfevents.*"))))
+    events.Reload()
+    eq = [s.value for s in events.Scalars("train/equivariance_loss")]
+    assert eq and all(np.isfinite(eq)), eq
+    capsys.readouterr()
+    assert main(["md", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
+                 "--ensemble", "langevin", "--steps", "20", "--timestep", "0.25",
+                 "--device", "cpu", "--quiet", "--log", str(tiny_data / "md.log")]) == 0
+    assert "20 langevin steps of 15 atoms" in capsys.readouterr().out
+    assert np.loadtxt(tiny_data / "md.log").shape[0] == 3
