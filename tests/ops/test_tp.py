@@ -101,3 +101,11 @@ def test_resolve_rejects_non_tensor_products():
         resolve_tensor_product("torch.nn.Linear")
     with pytest.raises(ValueError, match="importable"):
         resolve_tensor_product("mlip.ops.tp.nope.Nothing")
+
+
+def test_every_short_name_resolves():
+    """The short names are a convenience over class paths: each must stay importable."""
+    from mlip.ops.tp import ALIASES
+
+    for short, path in ALIASES.items():
+        assert resolve_tensor_product(short) is resolve_tensor_product(path)
