@@ -70,6 +70,8 @@ def main() -> None:
                         mark = "*"
                 d = num_components(lmax)
                 mb = args.edges * c * d * max(d, tp.weight_numel) * 4 / 2**20
+                if name == "CG":  # the shared-operand path: (E, D1, P, Dout) + (E, C, D1, P)
+                    mb = args.edges * d * tp.weight_numel * (d + c) * 4 / 2**20
                 if "Fourier" in name:  # complex (4L+1)^2 arrays, a few alive at once
                     mb = args.edges * c * (4 * lmax + 1) ** 2 * 8 * 4 / 2**20
                 if mb > args.max_mb:
