@@ -19,6 +19,17 @@ def model_file(stable_acac_model, stable_backbone, tmp_path_factory):
     return save_model(tmp_path_factory.mktemp("m") / "model.pt", model, {"backbone": stable_backbone}, 12.0)
 
 
+def run_nve_log(model, atoms, tmp_path, steps=2000):
+    """NVE at 0.25 fs from 300 K through the calculator; returns (Etot, Ekin, T) per step."""
+    atoms.calc = MLIPCalculator(model, device="cpu")
+    log = tmp_path / "nve.log"
+    run_md(atoms, MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.25, steps=steps,
+                             log_every=1, log=str(log), progress=False))
+    data = np.loadtxt(log)
+    assert len(data) == steps + 1
+    return data[:, 3], data[:, 2], data[:, 4]
+
+
 def test_nve_conserves_energy_2000_steps(stable_acac_model, tmp_path):
     """2000 steps of 0.25 fs (0.5 ps) NVE, float64, acac from a training frame at 300 K,
     with the ~15 s model of tests/md/conftest.py.
@@ -27,14 +38,7 @@ def test_nve_conserves_energy_2000_steps(stable_acac_model, tmp_path):
     std(Etot) < 1.5 meV, while Ekin fluctuates by ~70 meV (measured: drift 0.06 meV,
     std 0.15 meV, T max 380 K); T stays below 1000 K (the molecule does not collapse)."""
     model, frames = stable_acac_model
-    atoms = frames[0].copy()
-    atoms.calc = MLIPCalculator(model, device="cpu")
-    log = tmp_path / "nve.log"
-    run_md(atoms, MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.25, steps=2000,
-                             log_every=1, log=str(log), progress=False))
-    data = np.loadtxt(log)
-    etot, ekin, temp = data[:, 3], data[:, 2], data[:, 4]
-    assert len(etot) == 2001
+    etot, ekin, temp = run_nve_log(model, frames[0].copy(), tmp_path)
     drift = abs(etot[-200:].mean() - etot[:200].mean())
     print(f"drift {drift * 1e3:.3f} meV, std(Etot) {etot.std() * 1e3:.3f} meV, "
           f"std(Ekin) {ekin.std() * 1e3:.1f} meV, T max {temp.max():.0f} K")
@@ -54,14 +58,7 @@ def test_nve_conserves_energy(md_quality_model, tmp_path):
     last 200 steps - over the first 200|) < 0.5 meV and std(Etot) < 2 meV, with kinetic
     energy fluctuating by ~80 meV (measured: drift 0.005 meV, std 0.15 meV)."""
     model, frames = md_quality_model
-    atoms = frames[0].copy()
-    atoms.calc = MLIPCalculator(model, device="cpu")
-    log = tmp_path / "nve.log"
-    run_md(atoms, MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.25, steps=2000,
-                             log_every=1, log=str(log), progress=False))
-    data = np.loadtxt(log)
-    etot, ekin, temp = data[:, 3], data[:, 2], data[:, 4]
-    assert len(etot) == 2001
+    etot, ekin, temp = run_nve_log(model, frames[0].copy(), tmp_path)
     drift = abs(etot[-200:].mean() - etot[:200].mean())
     assert drift < 5e-4, drift
     assert etot.std() < 2e-3, etot.std()

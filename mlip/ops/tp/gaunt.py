@@ -129,12 +129,12 @@ class _GauntTensorProduct(TensorProduct):
             deg1 = degree_of_components(self.lmax_in1)
             deg_out = degree_of_components(self.lmax_out)
             complex_dtype = torch.complex128 if like.dtype == torch.float64 else torch.complex64
-            self._constants[key] = tuple(
-                t.to(device=like.device,
-                     dtype=(complex_dtype if t.is_complex() else like.dtype)
-                     if t.is_floating_point() or t.is_complex() else t.dtype)
-                for t in (*self._constants_for(), deg1, deg_out)
-            )
+
+            def cast(t: torch.Tensor) -> torch.Tensor:  # floats -> like, complex -> matching
+                dtype = complex_dtype if t.is_complex() else like.dtype
+                return t.to(like.device, dtype if t.is_floating_point() or t.is_complex() else t.dtype)
+
+            self._constants[key] = tuple(cast(t) for t in (*self._constants_for(), deg1, deg_out))
         return self._constants[key]
 
     def forward(
@@ -224,9 +224,8 @@ def gaunt_fourier_matrices(
         to.append(_to_fft_layout(coeffs, lmax, n).reshape(-1, n * n))
     # Y_a(t, p) sin t = sum_{a', b} h[a', b] e^{i(a' t + b p)}, degree <= L_out + 1 in t.
     degree = lmax_out + 1
-    h = _fourier_coefficients(_torus_sh(lmax_out, 2 * degree + 1, times_sin=True))
-    h = _to_fft_layout(h, degree, 2 * degree + 1)  # unchanged layout, frequencies |.| <= degree
     m = 2 * degree + 1
+    h = _fourier_coefficients(_torus_sh(lmax_out, m, times_sin=True))  # index a mod m
     # (1 / 4 pi) int_0^pi int_0^2pi e^{i(u t + v p)} e^{i(a t + b p)} dp dt
     #   = (1 / 2) delta(v + b) I(u + a), I(k) = int_0^pi e^{ikt} dt.
     freqs_n = torch.arange(n)
