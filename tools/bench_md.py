@@ -81,7 +81,7 @@ def copper_cell() -> ase.Atoms:
 
 def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) -> dict:
     """ASE VelocityVerlet through the calculator: rates and the per-step split."""
-    calc = MLIPCalculator(model, device="cpu", compile=compile_)
+    calc = MLIPCalculator(model, device="cpu", compile=compile_, tune_malloc=True)
     atoms = atoms.copy()
     atoms.calc = calc
     thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
@@ -102,7 +102,7 @@ def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) ->
 
 
 def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: bool) -> dict:
-    calc = MLIPCalculator(model, device="cpu", compile=compile_)
+    calc = MLIPCalculator(model, device="cpu", compile=compile_, tune_malloc=True)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
     run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlip.backbones.base import Backbone, BackboneOutputs
 from mlip.data import keys
 from mlip.ops.linear import DegreeLinear, ElementDegreeLinear
 from mlip.ops.mlp import MLP
@@ -122,7 +123,7 @@ class InteractionLayer(nn.Module):
         return self.linear_out(b) + _pad_or_truncate(residual, self.lmax_out)
 
 
-class EquivariantBackbone(nn.Module):
+class EquivariantBackbone(Backbone):
     """MACE-like equivariant backbone on a pluggable tensor product.
 
     Args:
@@ -163,12 +164,11 @@ class EquivariantBackbone(nn.Module):
         tensor_product: str = "mlip.ops.tp.cg.CGTensorProduct",
         tensor_product_args: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_elements, cutoff)
         if num_layers < 1 or correlation < 1:
             raise ValueError("num_layers and correlation must be >= 1")
         tp_cls = resolve_tensor_product(tensor_product)
         tp_args = dict(tensor_product_args or {})
-        self.cutoff = float(cutoff)
         self.channels = channels
         self.lmax_sh = lmax_sh
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / avg_num_neighbors))
@@ -188,6 +188,10 @@ class EquivariantBackbone(nn.Module):
             )
             self.readouts.append(MLP((channels, readout_hidden, 1)) if last else MLP((channels, 1)))
             lmax_in = lmax_out
+
+    @property
+    def outputs(self) -> BackboneOutputs:
+        return BackboneOutputs(node_features=self.channels)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = data[keys.SPECIES]

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from mlip.backbones.base import Backbone, BackboneOutputs
 from mlip.data import keys
 from mlip.ops.mlp import MLP
 from mlip.ops.radial import BesselBasis, PolynomialCutoff
@@ -94,7 +95,7 @@ class TransformerBlock(nn.Module):
         return h + self.ffn(self.norm2(h))
 
 
-class TransIPBackbone(nn.Module):
+class TransIPBackbone(Backbone):
     """Plain Transformer backbone with a learned-equivariance embedding head.
 
     Args:
@@ -111,7 +112,6 @@ class TransIPBackbone(nn.Module):
         direct_forces: also predict forces from Z's l = 1 block (one weight per channel),
             used instead of -dE/dr. NOT energy-conserving: MD drifts; stress still comes
             from the energy. Off by default.
-        avg_num_neighbors: accepted for interface parity (unused).
 
     Outputs NODE_ENERGIES (N,), NODE_FEATURES (N, width), EQUIVARIANT_EMBEDDING, and
     DIRECT_FORCES with ``direct_forces``.
@@ -130,11 +130,11 @@ class TransIPBackbone(nn.Module):
         embedding_lmax: int = 2,
         readout_hidden: int = 32,
         direct_forces: bool = False,
-        avg_num_neighbors: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(num_elements, cutoff)
         if direct_forces and embedding_lmax < 1:
             raise ValueError("direct_forces needs embedding_lmax >= 1 (forces are read from l = 1)")
+        self.width = width
         self.embedding_channels, self.embedding_lmax = embedding_channels, embedding_lmax
         self.element_embedding = nn.Embedding(num_elements, width)
         self.basis = BesselBasis(cutoff, num_radial)
@@ -147,6 +147,11 @@ class TransIPBackbone(nn.Module):
         self.project = nn.Linear(width, embedding_channels * num_components(embedding_lmax))
         self.readout = MLP((embedding_channels, readout_hidden, 1))
         self.force_head = nn.Linear(embedding_channels, 1, bias=False) if direct_forces else None
+
+    @property
+    def outputs(self) -> BackboneOutputs:
+        return BackboneOutputs(node_features=self.width, embedding_lmax=self.embedding_lmax,
+                               direct_forces=self.force_head is not None)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = data[keys.SPECIES]

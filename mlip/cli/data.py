@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser(
         "info",
         help="summarise an LMDB dataset",
-        description="Print counts, species, labels and statistics of an LMDB dataset.",
+        description="Print counts, elements, labels and statistics of an LMDB dataset.",
     )
     info.add_argument("path", metavar="DATA.lmdb")
     info.add_argument("--json", action="store_true", help="print header and metadata as JSON")
@@ -147,7 +147,7 @@ def format_info(path: str, header: dict[str, Any], metadata: dict[str, Any]) -> 
     lines = [f"{path}: {count} structures ({header['creator']}, {header['created']})"]
     per_element = header["atoms_per_element"]
     lines.append(
-        "species:  "
+        "elements:  "
         + ", ".join(f"{chemical_symbols[int(z)]} {n}" for z, n in per_element.items())
         + " atoms"
     )

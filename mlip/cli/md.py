@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from mlip.cli.main import CliError
 
@@ -54,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop above this temperature [K] (default max(5000, 10 x --temperature))")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="keep glibc's default malloc (by default the calculator keeps freed memory "
-                   "in the process: fewer page faults per step on large cells; same as "
+                   help="keep glibc's default malloc (by default mlip md keeps freed memory in its "
+                   "own process: fewer page faults per step on large cells; same as "
                    "MLIP_NO_MALLOC_TUNING=1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
     from mlip.calculator import MLIPCalculator
     from mlip.md.ase_driver import MDInstabilityError, MDSettings, run_md
 
-    if args.no_malloc_tuning:
-        os.environ["MLIP_NO_MALLOC_TUNING"] = "1"  # read by the calculator
     if args.threads:
         torch.set_num_threads(args.threads)
     checks = {"--steps": args.steps >= 0, "--log-every": args.log_every >= 1,
@@ -84,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     atoms.calc = None
     try:
         calc = MLIPCalculator(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
-                              min_distance=args.min_distance or None, compile=args.compile)
+                              min_distance=args.min_distance or None, compile=args.compile,
+                              # this process only: see mlip.calculator.allocator
+                              tune_malloc=not args.no_malloc_tuning)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise CliError(f"cannot load model {args.model}: {err}") from err
     settings = MDSettings(

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     import time
 
-    from mlip.ops.tp.cp import cache_dir, default_rank, load_or_fit
+    from mlip.cache import cache_dir
+    from mlip.ops.tp.cp import default_rank, load_or_fit
 
     lout = args.lmax if args.lmax_out is None else args.lmax_out
     rank = args.rank or default_rank(args.lmax, args.lmax, lout)
@@ -29,5 +30,5 @@ def run_fit(args: argparse.Namespace) -> int:
                           share_weights=not args.no_sharing)
     print(f"CP factors (L1, L2, Lout) = ({args.lmax}, {args.lmax}, {lout}), rank {rank}: "
           f"relative reconstruction error {err:.3e}, {time.perf_counter() - t:.1f} s "
-          f"(cache {cache_dir()})")
+          f"(cache {cache_dir('cp')})")
     return 0

@@ -29,7 +29,7 @@ class ConvertReport:
         output: the LMDB file written.
         written: structures written.
         skipped: invalid frames skipped (only with ``skip_invalid``).
-        species: sorted atomic numbers present.
+        elements: sorted atomic numbers present.
         seconds: wall time of the conversion [s].
         statistics: statistics stored as metadata, or None.
         statistics_key: metadata name of ``statistics``, or None.
@@ -39,7 +39,7 @@ class ConvertReport:
     output: str
     written: int
     skipped: int
-    species: list[int]
+    elements: list[int]
     seconds: float
     statistics: DatasetStatistics | None = None
     statistics_key: str | None = None
@@ -50,13 +50,13 @@ class ConvertReport:
         return self.written / self.seconds if self.seconds > 0 else float("inf")
 
     def summary_line(self) -> str:
-        """One line: frames written and skipped, species, time and throughput."""
+        """One line: frames written and skipped, elements, time and throughput."""
         from ase.data import chemical_symbols
 
-        species = " ".join(chemical_symbols[z] for z in self.species)
+        elements = " ".join(chemical_symbols[z] for z in self.elements)
         return (
             f"wrote {self.written} frames to {self.output}, skipped {self.skipped}, "
-            f"species {species}, {self.seconds:.2f} s, {self.frames_per_second:.0f} frames/s"
+            f"elements {elements}, {self.seconds:.2f} s, {self.frames_per_second:.0f} frames/s"
         )
 
 
@@ -169,7 +169,7 @@ def convert(
         output=str(output),
         written=len(writer),
         skipped=skipped,
-        species=writer.summary.species,
+        elements=writer.summary.elements,
         seconds=time.perf_counter() - start,
         statistics=statistics,
         statistics_key=stats_name,

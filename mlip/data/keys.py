@@ -36,24 +36,6 @@ ENERGY_MASK = "energy_mask"  # (B,) float | energy label present
 FORCES_MASK = "forces_mask"  # (B,) float | forces label present
 STRESS_MASK = "stress_mask"  # (B,) float | stress label present
 
-# Keys that hold one row per atom / per edge / per structure (used by collate and
-# by batch slicing).
-NODE_KEYS = (POSITIONS, ATOMIC_NUMBERS, FORCES, BATCH, NODE_FEATURES, ATOMIC_ENERGIES)
-EDGE_KEYS = (CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS)
-GRAPH_KEYS = (
-    CELL,
-    PBC,
-    NUM_ATOMS,
-    ENERGY,
-    STRESS,
-    VIRIAL,
-    CHARGE,
-    SPIN,
-    ENERGY_MASK,
-    FORCES_MASK,
-    STRESS_MASK,
-)
-
 # --- model internals -----------------------------------------------------------------
 SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
 NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift

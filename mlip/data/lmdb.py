@@ -32,7 +32,7 @@ from mlip.data.codec import decode_structure, encode_structure
 from mlip.data.stats import DatasetSummary
 from mlip.data.structure import Structure
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the header's element list is 'elements' (was 'species' in 1)
 FORMAT_NAME = "mlip-lmdb"
 HEADER_KEY = b"__header__"
 META_PREFIX = b"__meta__/"
@@ -163,7 +163,7 @@ class LmdbWriter:
         """The ``__header__`` record.
 
         Returns:
-            ``format``, ``schema_version``, ``count``, ``species`` (sorted Z),
+            ``format``, ``schema_version``, ``count``, ``elements`` (sorted Z),
             ``atoms_per_element`` (str(Z) -> atoms), ``atoms_per_structure`` {min, mean, max},
             ``labels`` (number of structures with energy / forces / stress),
             ``label_statistics`` (see :meth:`DatasetSummary.to_dict`), ``units``,
@@ -288,6 +288,8 @@ def _check_header(path: str, raw: bytes | None) -> dict[str, Any]:
             f"{path} has schema version {version}, newer than this mlip reads "
             f"({SCHEMA_VERSION}); upgrade mlip or re-create the file with this version"
         )
+    if version < 2 and "species" in header:  # "species" is an index everywhere else
+        header["elements"] = header.pop("species")
     return header
 
 

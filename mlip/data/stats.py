@@ -6,7 +6,7 @@ small running sums (plus, for the E0 fit, one composition row per labelled struc
 Two products:
 
 * :class:`DatasetSummary` - what ``mlip data info`` and the LMDB header report (counts,
-  species, label coverage, raw energy/force/stress statistics).
+  elements, label coverage, raw energy/force/stress statistics).
 * :class:`DatasetStatistics` - what a model needs (E0s, scales, avg. neighbors), computed
   by :func:`compute_statistics` and cached as LMDB metadata under :func:`statistics_key`.
 """
@@ -116,14 +116,14 @@ class DatasetSummary:
             self._stress.add(s.stress)
 
     @property
-    def species(self) -> list[int]:
+    def elements(self) -> list[int]:
         return sorted(self.atoms_per_element)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary.
 
         Returns:
-            ``count``; ``species`` (sorted Z); ``atoms_per_element`` (str(Z) -> atoms);
+            ``count``; ``elements`` (sorted Z); ``atoms_per_element`` (str(Z) -> atoms);
             ``atoms_per_structure`` {min, mean, max}; ``labels`` (structures carrying
             energy/forces/stress); ``label_statistics`` with ``energy`` and
             ``energy_per_atom`` {mean, std, min, max} [eV, eV/atom] (population std), and
@@ -132,8 +132,8 @@ class DatasetSummary:
         atoms = self._atoms.to_dict()
         return {
             "count": self.count,
-            "species": self.species,
-            "atoms_per_element": {str(z): self.atoms_per_element[z] for z in self.species},
+            "elements": self.elements,
+            "atoms_per_element": {str(z): self.atoms_per_element[z] for z in self.elements},
             "atoms_per_structure": None
             if atoms is None
             else {"min": int(atoms["min"]), "mean": atoms["mean"], "max": int(atoms["max"])},
@@ -214,15 +214,15 @@ class _Compositions:
         self.num_atoms.append(s.num_atoms)
 
     def matrix(self) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """(species, counts matrix (S, n_species), energies (S,) [eV])."""
+        """(elements, counts matrix (S, n_species), energies (S,) [eV])."""
         z = np.frombuffer(self.z, dtype=np.int16).astype(np.int64)
-        species = sorted(set(z.tolist()))
-        column = {zi: i for i, zi in enumerate(species)}
+        elements = sorted(set(z.tolist()))
+        column = {zi: i for i, zi in enumerate(elements)}
         rows = np.repeat(np.arange(len(self.row_len)), np.frombuffer(self.row_len, dtype=np.int32))
-        a = np.zeros((len(self.row_len), len(species)))
+        a = np.zeros((len(self.row_len), len(elements)))
         cols = np.array([column[zi] for zi in z.tolist()], dtype=np.int64)
         a[rows, cols] = np.frombuffer(self.counts, dtype=np.int64)
-        return species, a, np.frombuffer(self.energy, dtype=np.float64).copy()
+        return elements, a, np.frombuffer(self.energy, dtype=np.float64).copy()
 
 
 class StatisticsAccumulator:
@@ -281,14 +281,14 @@ class StatisticsAccumulator:
         Raises:
             ValueError: E0s must be fitted but no structure carries an energy.
         """
-        species, a, energy = self._rows.matrix()
+        elements, a, energy = self._rows.matrix()
         if self.e0s is None:
-            e0s, method = _lstsq(species, a, energy), "least_squares"
+            e0s, method = _lstsq(elements, a, energy), "least_squares"
         else:
             e0s, method = dict(sorted(self.e0s.items())), "file"
         mean = rms = None
         if energy.size:
-            e0_vec = np.array([e0s[z] for z in species])
+            e0_vec = np.array([e0s[z] for z in elements])
             natoms = np.frombuffer(self._rows.num_atoms, dtype=np.int64)
             per_atom = (energy - a @ e0_vec) / natoms
             mean = float(per_atom.mean())
@@ -306,14 +306,14 @@ class StatisticsAccumulator:
         )
 
 
-def _lstsq(species: list[int], a: np.ndarray, energy: np.ndarray) -> dict[int, float]:
+def _lstsq(elements: list[int], a: np.ndarray, energy: np.ndarray) -> dict[int, float]:
     if energy.size == 0:
         raise ValueError(
             "cannot fit E0s by least squares: no structure has an energy label; "
             "pass an isolated-atoms file (--e0s)"
         )
     solution = np.linalg.lstsq(a, energy, rcond=None)[0]
-    return {z: float(e) for z, e in zip(species, solution, strict=True)}
+    return {z: float(e) for z, e in zip(elements, solution, strict=True)}
 
 
 def fit_e0s_least_squares(structures: Iterable[Structure]) -> dict[int, float]:

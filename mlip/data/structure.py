@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_Z = 118
+MAX_Z = 118  # the largest atomic number mlip accepts (Og)
 
 
 class InvalidStructureError(ValueError):
@@ -86,6 +86,12 @@ class Structure:
     def num_atoms(self) -> int:
         return int(self.numbers.shape[0])
 
+    @property
+    def periodic(self) -> bool:
+        """Periodic along at least one lattice vector (the one meaning of "periodic" in
+        mlip: the cell matters and stress is defined)."""
+        return bool(self.pbc.any())
+
     def where(self) -> str:
         """Human-readable location, e.g. ``'train.xyz, frame 12'``."""
         return f"{self.source or '<memory>'}, frame {self.frame}"
@@ -115,7 +121,7 @@ class Structure:
         for name, arr in (("positions", self.positions), ("cell", self.cell)):
             if not np.all(np.isfinite(arr)):
                 fail(f"{name} contain NaN or inf")
-        if self.pbc.any():
+        if self.periodic:
             vol = float(np.linalg.det(self.cell))
             if not vol > 1e-8:
                 fail(f"periodic structure needs a cell with positive volume, got {vol:.3g} Å^3")

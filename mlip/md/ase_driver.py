@@ -153,6 +153,34 @@ class MDSettings:
         return max(5000.0, 10.0 * self.temperature_K)
 
 
+def check_stability(step: int, settings: MDSettings, etot: np.ndarray, etot0: np.ndarray,
+                    num_atoms: int, temperature_K: float, finite: bool) -> None:
+    """The blow-up check of every MD driver (one system or K replicas).
+
+    Args:
+        step: the step just taken.
+        settings: limits (``max_energy_drift_per_atom`` for NVE, the temperature limit).
+        etot, etot0: total energies now and at the start [eV], one per system.
+        num_atoms: atoms per system.
+        temperature_K: the highest temperature of the systems [K].
+        finite: energies and positions are all finite.
+
+    Raises:
+        MDInstabilityError: NaN/inf, NVE drift or temperature beyond the limits.
+    """
+    if not finite:
+        raise MDInstabilityError(f"step {step}: NaN/inf in the energies or positions")
+    drift = float(np.max(np.abs(np.asarray(etot) - np.asarray(etot0)))) / num_atoms
+    if settings.ensemble == "nve" and drift > settings.max_energy_drift_per_atom:
+        raise MDInstabilityError(
+            f"step {step}: total energy moved {drift:.3f} eV/atom from the start "
+            f"(limit {settings.max_energy_drift_per_atom} eV/atom); try a smaller --timestep")
+    limit = settings.temperature_limit()
+    if temperature_K > limit:
+        raise MDInstabilityError(f"step {step}: temperature {temperature_K:.0f} K is above "
+                                 f"{limit:.0f} K; try a smaller --timestep")
+
+
 def initial_velocities(atoms: ase.Atoms, temperature_K: float, rng: np.random.Generator) -> None:
     """Maxwell-Boltzmann momenta at ``temperature_K`` from ``rng``, zero total momentum
     (rescaled back to the drawn temperature, as ASE's ``Stationary`` does)."""
@@ -181,13 +209,12 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
                           settings.friction_per_fs, settings.pressure_GPa, rng,
                           settings.compressibility_per_GPa)
     n = len(atoms)
-    periodic = bool(atoms.pbc.all())
-    names, formats = md_columns(periodic)
+    bulk = bool(atoms.pbc.all())  # pressure and volume are logged for fully periodic cells
+    names, formats = md_columns(bulk)
     log = TextLog(settings.log, names)
     traj = TrajectoryWriter(settings.trajectory) if settings.trajectory else None
     progress = Progress(settings.steps, settings.timestep_fs, f"md {settings.ensemble}",
                         settings.progress)
-    t_limit = settings.temperature_limit()
     start: dict[str, float] = {}
 
     def observe() -> None:
@@ -201,19 +228,11 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
             if traj:
                 traj.write(atoms)
             row = [step * settings.timestep_fs / 1000, epot, ekin, etot, temp]
-            if periodic:
+            if bulk:
                 row += [pressure_GPa(atoms), atoms.get_volume()]
             log.row(row, formats)
-        if not (np.isfinite(etot) and np.isfinite(atoms.positions).all()):
-            raise MDInstabilityError(f"step {step}: NaN/inf in the energy or positions")
-        drift = abs(etot - start["etot"]) / n
-        if settings.ensemble == "nve" and drift > settings.max_energy_drift_per_atom:
-            raise MDInstabilityError(
-                f"step {step}: total energy moved {drift:.3f} eV/atom from the start "
-                f"(limit {settings.max_energy_drift_per_atom} eV/atom); try a smaller --timestep")
-        if temp > t_limit:
-            raise MDInstabilityError(f"step {step}: temperature {temp:.0f} K is above "
-                                     f"{t_limit:.0f} K; try a smaller --timestep")
+        finite = bool(np.isfinite(etot) and np.isfinite(atoms.positions).all())
+        check_stability(step, settings, np.array([etot]), np.array([start["etot"]]), n, temp, finite)
         progress.update(step, temp)
 
     dyn.attach(observe, interval=1)  # ASE also calls it before the first step

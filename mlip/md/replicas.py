@@ -34,19 +34,20 @@ from mlip.calculator.calculator import (
     AtomsTooCloseError,
     MLIPCalculator,
     NonFiniteOutputError,
-    build_edges,
-    closest_pair,
-    edges_within,
+    too_close_message,
 )
 from mlip.data import keys
-from mlip.md.ase_driver import MDInstabilityError, MDSettings, initial_velocities
+from mlip.data.readers import atoms_to_structure
+from mlip.graph.skin import SkinNeighborList
+from mlip.md.ase_driver import MDInstabilityError, MDSettings, check_stability, initial_velocities
 from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day
 
 SUPPORTED = ("nve", "langevin")
 
 
 class ReplicaSystem:
-    """K copies of ``atoms`` as one batch on the calculator's device, with per-replica skins.
+    """K copies of ``atoms`` as one batch on the calculator's device, each with its own
+    Verlet-skin list (:class:`mlip.graph.skin.SkinNeighborList`).
 
     Args:
         calc: supplies the model, device, dtype, cutoff, skin and min_distance.
@@ -55,48 +56,18 @@ class ReplicaSystem:
     """
 
     def __init__(self, calc: MLIPCalculator, atoms: ase.Atoms, k: int) -> None:
-        calc._check_elements(atoms.numbers)
+        calc.model.check_elements(atoms.numbers)
         self.calc, self.k, self.n = calc, k, len(atoms)
         self.numbers = atoms.numbers.copy()
-        dev, dt = calc.device, calc.dtype
         self.periodic = bool(atoms.pbc.any())
         self.cell = atoms.cell.array.copy() if self.periodic else np.zeros((3, 3))
-        self.pbc = atoms.pbc.copy()
-        self.static = {
-            keys.ATOMIC_NUMBERS: torch.as_tensor(atoms.numbers, dtype=torch.long, device=dev).repeat(k),
-            keys.BATCH: torch.arange(k, device=dev).repeat_interleave(self.n),
-            keys.CELL: torch.as_tensor(self.cell, dtype=dt, device=dev).expand(k, 3, 3).contiguous(),
-            keys.PBC: torch.as_tensor(self.pbc, device=dev).expand(k, 3).contiguous(),
-            keys.NUM_ATOMS: torch.full((k,), self.n, dtype=torch.long, device=dev),
-        }
-        self._edges: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.ref: torch.Tensor | None = None  # (K, n, 3) positions at each replica's last build
-        self.builds = 0  # replica neighbour-list builds
+        self.neighbors = SkinNeighborList(calc.cutoff, calc.skin, calc.dtype, calc.device)
+        self.neighbors.reset([atoms_to_structure(atoms)] * k)
 
-    def _rebuild(self, pos: torch.Tensor, which: list[int]) -> None:
-        radius = self.calc.cutoff + max(self.calc.skin, 0.0)
-        view = pos.detach().view(self.k, self.n, 3)
-        if self.ref is None:
-            self.ref = view.clone()
-            self._edges = [None] * self.k  # type: ignore[list-item]
-        for r in which:
-            ei, shifts = build_edges(view[r], self.cell, self.pbc, radius, self.calc.device,
-                                     self.calc.dtype)
-            self._edges[r] = (ei.to(self.calc.device) + r * self.n, shifts.to(self.calc.device))
-            self.ref[r] = view[r]
-            self.builds += 1
-        self.edge_index = torch.cat([e for e, _ in self._edges], dim=1)
-        self.shifts = torch.cat([s for _, s in self._edges])
-
-    def update_graph(self, pos: torch.Tensor) -> None:
-        """Rebuild the lists of the replicas where an atom moved >= skin/2 (one host sync)."""
-        if self.ref is None or self.calc.skin <= 0:
-            self._rebuild(pos, list(range(self.k)))
-            return
-        moved = (pos.detach().view(self.k, self.n, 3) - self.ref).norm(dim=-1).amax(dim=1)
-        stale = moved >= 0.5 * self.calc.skin
-        if bool(stale.any()):
-            self._rebuild(pos, stale.nonzero().flatten().tolist())
+    @property
+    def builds(self) -> int:
+        """Replica neighbour-list builds so far (the first K included)."""
+        return self.neighbors.builds
 
     def compute(self, pos: torch.Tensor, stress: bool = False) -> dict[str, torch.Tensor]:
         """Energies (K,) [eV], forces (K*n, 3) [eV/Å] (float64) and, with ``stress``, (K, 3, 3)
@@ -105,17 +76,12 @@ class ReplicaSystem:
         Raises:
             AtomsTooCloseError / NonFiniteOutputError: as the calculator does, naming the replica.
         """
-        self.update_graph(pos)
-        x = pos.to(self.calc.dtype)
-        ei, shifts, lengths = edges_within(x, self.edge_index, self.shifts, self.static[keys.CELL],
-                                           self.static[keys.BATCH], self.calc.cutoff)
-        pair = closest_pair(lengths, self.edge_index, self.calc.min_distance)
+        data = self.neighbors.batch(pos)
+        pair = self.neighbors.closest_pair(self.calc.min_distance)
         if pair is not None:
             i, j, d = pair
-            raise AtomsTooCloseError(f"replica {i // self.n}: " + self.calc.too_close_message(
-                np.tile(self.numbers, self.k), i % self.n, j % self.n, d))
-        data = dict(self.static)
-        data.update({keys.POSITIONS: x, keys.EDGE_INDEX: ei, keys.CELL_SHIFTS: shifts})
+            raise AtomsTooCloseError(f"replica {i // self.n}: " + too_close_message(
+                self.numbers, i % self.n, j % self.n, d, self.calc.min_distance))
         out = self.calc.model(data, compute_forces=True, compute_stress=stress and self.periodic)
         result = {"energy": out[keys.ENERGY].detach().double(),
                   "forces": out[keys.FORCES].detach().double()}
@@ -172,7 +138,7 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
     masses = torch.as_tensor(np.tile(atoms.get_masses(), k), dtype=f64, device=dev)[:, None]
     dt = settings.timestep_fs * units.fs
     system = ReplicaSystem(calc, atoms, k)
-    periodic = bool(atoms.pbc.all())
+    bulk = bool(atoms.pbc.all())  # P and V are logged (and stress computed) for bulk cells
     if settings.ensemble == "langevin":  # ASE Langevin.updatevars
         fr, kt = settings.friction_per_fs / units.fs, units.kB * settings.temperature_K
         sigma = torch.sqrt(2 * kt * fr / masses)
@@ -184,11 +150,10 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
 
     paths = _replica_paths(settings.trajectory, k)
     writers = [TrajectoryWriter(p) for p in paths]
-    names, formats = md_columns(periodic, replicas=True)
+    names, formats = md_columns(bulk, replicas=True)
     log = TextLog(settings.log, names)
     progress = Progress(settings.steps, settings.timestep_fs, f"md {settings.ensemble} x{k}",
                         settings.progress)
-    t_limit = settings.temperature_limit()
     etot0 = None
 
     def record(step: int, out: dict[str, torch.Tensor]) -> float:
@@ -206,7 +171,7 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
             for r in range(k):
                 row = [r, step * settings.timestep_fs / 1000, host["e"][r], host["ekin"][r],
                        host["etot"][r], host["t"][r]]
-                if periodic:  # ASE's ideal-gas term: sum(p p^T / m) / V
+                if bulk:  # ASE's ideal-gas term: sum(p p^T / m) / V
                     kinetic = np.einsum("ni,nj->ij", host["mom"][r] / atoms.get_masses()[:, None],
                                         host["mom"][r]) / volume
                     row += [float(np.trace(kinetic - stress[r])) / 3 / units.GPa, volume]
@@ -218,21 +183,13 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
                 snap.info["replica"] = r
                 snap.calc = SinglePointCalculator(snap, energy=float(host["e"][r]), forces=host["f"][r])
                 writer.write(snap)
-        if not bool(torch.isfinite(etot).all() & torch.isfinite(pos).all()):
-            raise MDInstabilityError(f"step {step}: NaN/inf in the energies or positions")
-        drift = float(((etot - etot0).abs() / n).max())
-        if settings.ensemble == "nve" and drift > settings.max_energy_drift_per_atom:
-            raise MDInstabilityError(f"step {step}: total energy moved {drift:.3f} eV/atom from the "
-                                     f"start (limit {settings.max_energy_drift_per_atom}); try a smaller "
-                                     "--timestep")
-        t_max = float(temps.max())
-        if t_max > t_limit:
-            raise MDInstabilityError(f"step {step}: temperature {t_max:.0f} K is above {t_limit:.0f} K; "
-                                     "try a smaller --timestep")
+        finite = bool(torch.isfinite(etot).all() & torch.isfinite(pos).all())
+        check_stability(step, settings, etot.cpu().numpy(), etot0.cpu().numpy(), n,
+                        float(temps.max()), finite)
         return float(temps.mean())
 
     def forces_at(step: int) -> dict[str, torch.Tensor]:
-        return system.compute(pos, stress=periodic and step % settings.log_every == 0)
+        return system.compute(pos, stress=bulk and step % settings.log_every == 0)
 
     t0 = time.perf_counter()
     step = 0

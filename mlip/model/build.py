@@ -7,29 +7,19 @@ average neighbour count.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
-from torch import nn
-
+from mlip.backbones.base import Backbone
+from mlip.classpath import import_class
 from mlip.model.potential import Potential
-
-
-def import_class(class_path: str) -> type:
-    """Import ``package.module.Class`` and return the class."""
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import class {class_path!r}: {err}") from err
 
 
 def build_backbone(
     backbone_config: dict[str, Any], num_elements: int, cutoff: float, avg_num_neighbors: float
-) -> nn.Module:
+) -> Backbone:
     """Instantiate ``{class_path, init_args}`` with the data-derived arguments filled in."""
-    cls = import_class(backbone_config["class_path"])
+    cls = import_class(backbone_config["class_path"], base=Backbone, what="model.backbone")
     args = dict(backbone_config.get("init_args") or {})
     accepted = inspect.signature(cls.__init__).parameters
     injected = {
@@ -61,10 +51,9 @@ def build_potential(
 ) -> Potential:
     """A Potential around the configured backbone (float32/64 as the caller casts it).
 
-    With ``prepare`` (a new model), every submodule that has a ``prepare()`` method gets it
-    called once: the explicit step that fills precomputed constants (e.g. CP factors from
-    the cache or a deterministic fit). Loading a saved model skips it: its state dict
-    carries those constants.
+    With ``prepare`` (a new model), :meth:`Potential.prepare` runs: the explicit step that
+    fills fitted tensor-product constants (e.g. CP factors from the cache or a deterministic
+    fit). Loading a saved model skips it: its state dict carries those constants.
     """
     backbone = build_backbone(
         model_config["backbone"], len(atomic_numbers), cutoff, avg_num_neighbors
@@ -74,7 +63,5 @@ def build_potential(
         avg_num_neighbors=avg_num_neighbors,
     )
     if prepare:
-        for module in potential.modules():
-            if module is not potential and callable(getattr(module, "prepare", None)):
-                module.prepare()
+        potential.prepare()
     return potential

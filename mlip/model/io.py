@@ -17,7 +17,20 @@ from mlip.model.build import build_potential
 from mlip.model.potential import Potential
 
 FORMAT = "mlip-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 kept float64 constants (E0s, CP factors) as plain float64 tensors; version 2
+# stores them as exact buffers (:mod:`mlip.ops.buffers`): "<name>_f64bits", int64 bits.
+_V1_EXACT = ("e0s", "factor_a", "factor_b", "factor_c", "fit_error")
+
+
+def _upgrade_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if key.rpartition(".")[2] in _V1_EXACT and value.is_floating_point():
+            out[key + "_f64bits"] = value.to(torch.float64).contiguous().view(torch.int64)
+        else:
+            out[key] = value
+    return out
 
 
 def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_neighbors: float) -> dict:
@@ -84,7 +97,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         prepare=False,
     )
     saved = getattr(torch, payload.get("dtype", "float32"))
+    state = payload["state_dict"]
+    if payload["format_version"] < 2:
+        state = _upgrade_v1(state)
     # Load at the saved precision (loading float64 weights into float32 parameters would
     # round them), then cast.
-    potential.to(saved).load_state_dict(payload["state_dict"])
+    potential.to(saved).load_state_dict(state)
     return potential.to(device=device, dtype=dtype or saved).eval()

@@ -8,10 +8,12 @@ coordination number (u the cutoff envelope), so the shift, too, vanishes continu
 neighbours leave the cutoff.
 
 Energies are accumulated in float64 whatever the model dtype: total energies of molecules
-are thousands of eV, where float32 resolves only ~1 meV. The E0s are kept in float64 on
-every ``.to(dtype)``; forces keep the model dtype.
-F = -dE/dpos, stress = (1/V) dE/d(strain) with a symmetric strain applied to positions and
-cell (ASE sign: positive = tension), all by autograd in one place (:meth:`Potential.forward`).
+are thousands of eV, where float32 resolves only ~1 meV. The E0s are an exact float64
+buffer (:mod:`mlip.ops.buffers`) that ``.to(dtype)`` never rounds; forces keep the model
+dtype. F = -dE/dpos, stress = (1/V) dE/d(strain) with a symmetric strain applied to
+positions and cell (ASE sign: positive = tension), all by autograd in one place
+(:meth:`Potential.forward`). A backbone that declares ``outputs.direct_forces`` gives the
+forces instead (not energy-conserving).
 """
 
 from __future__ import annotations
@@ -19,20 +21,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlip.backbones.base import Backbone
 from mlip.data import keys
+from mlip.data.structure import MAX_Z
 from mlip.graph.edges import edge_vectors
+from mlip.ops.buffers import exact, register_exact
 from mlip.ops.radial import PolynomialCutoff
 from mlip.ops.scatter import scatter_sum
+from mlip.ops.tp.base import TensorProduct
 
-MAX_Z = 119
+
+class UnknownElementError(ValueError):
+    """The structure contains elements the model was not trained on."""
 
 
 class Potential(nn.Module):
     """Energy model with the shared physics around any backbone.
 
     Args:
-        backbone: maps a batch dict (SPECIES, EDGE_INDEX, EDGE_VECTORS) to NODE_ENERGIES
-            (N,) and NODE_FEATURES.
+        backbone: a :class:`~mlip.backbones.base.Backbone`.
         atomic_numbers: the elements the model knows, in species-index order.
         e0s: reference energy of each element [eV], same order.
         scale: per-atom energy scale [eV].
@@ -43,7 +50,7 @@ class Potential(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         atomic_numbers: list[int],
         e0s: list[float],
         scale: float = 1.0,
@@ -54,6 +61,8 @@ class Potential(nn.Module):
         super().__init__()
         if len(atomic_numbers) != len(e0s):
             raise ValueError("atomic_numbers and e0s must have the same length")
+        if not isinstance(backbone, Backbone):
+            raise TypeError(f"{type(backbone).__name__} is not an mlip.backbones.base.Backbone")
         self.backbone = backbone
         self.cutoff = float(cutoff)
         self.atomic_numbers = [int(z) for z in atomic_numbers]
@@ -62,28 +71,73 @@ class Potential(nn.Module):
             len(self.atomic_numbers)
         )
         self.register_buffer("z_to_species", z_to_species)
-        self.register_buffer("e0s", torch.tensor(e0s, dtype=torch.float64))
+        register_exact(self, "e0s", torch.tensor(e0s, dtype=torch.float64), persistent=True)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
         self.envelope = PolynomialCutoff(cutoff)
+        self._reference: tuple[tuple, torch.Tensor] | None = None
 
-    def _apply(self, fn, recurse: bool = True):
-        # Move the float64 E0s to the new device without ever casting them to float32.
-        e0s = self._buffers.pop("e0s")
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            device = self.scale.device
-            self._buffers["e0s"] = e0s.to(device=device, dtype=torch.float64)
-        return self
+    @property
+    def e0s(self) -> torch.Tensor:
+        """(S,) float64 isolated-atom energies [eV], in species order."""
+        return exact(self, "e0s")
 
+    def prepare(self) -> None:
+        """The explicit step that fills fitted constants (the tensor products'
+        :meth:`~mlip.ops.tp.base.TensorProduct.prepare`); new models only, a loaded
+        state dict carries them."""
+        for module in self.modules():
+            if isinstance(module, TensorProduct):
+                module.prepare()
+
+    # -- elements ---------------------------------------------------------------------------
     def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """(N,) Z -> (N,) species index, -1 for elements the model does not know."""
         return self.z_to_species[atomic_numbers]
 
-    def isolated_backbone_energies(self, like: torch.Tensor) -> torch.Tensor:
-        """(S,) backbone output for a lone atom of each element (no edges)."""
+    def check_elements(self, numbers, where: str = "") -> None:
+        """Raise :class:`UnknownElementError` naming the elements the model does not know.
+
+        Args:
+            numbers: atomic numbers (any int sequence or array).
+            where: what the atoms are (e.g. ``"data.xyz, frame 3"``), for the message.
+        """
+        from ase.data import chemical_symbols
+
+        known = set(self.atomic_numbers)
+        numbers = [int(z) for z in numbers]
+        bad = [i for i, z in enumerate(numbers) if z not in known]
+        if bad:
+            names = sorted({chemical_symbols[numbers[i]] if 0 < numbers[i] <= MAX_Z else
+                            str(numbers[i]) for i in bad})
+            trained = [chemical_symbols[z] for z in self.atomic_numbers]
+            prefix = f"{where}: " if where else ""
+            raise UnknownElementError(
+                f"{prefix}element(s) {names} at atom indices {bad[:10]}"
+                f"{' ...' if len(bad) > 10 else ''} are not in the model (trained on {trained})"
+            )
+
+    # -- lone-atom reference ------------------------------------------------------------------
+    def reference_energies(self) -> torch.Tensor:
+        """(S,) backbone output b_iso for a lone atom of each element (no edges).
+
+        It depends only on the weights: in training mode it is recomputed with the graph
+        (the weights change every step and the loss needs its gradient); otherwise it is
+        computed once per weight state (keyed by the parameters' storage and version
+        counters, which every optimiser step, ``load_state_dict`` and ``.to()`` change) and
+        reused by every call.
+        """
+        params = list(self.backbone.parameters())
+        if self.training and torch.is_grad_enabled():
+            return self._lone_atom_pass(params[0])
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if self._reference is None or self._reference[0] != key:
+            with torch.no_grad():
+                self._reference = (key, self._lone_atom_pass(params[0]).detach())
+        return self._reference[1]
+
+    def _lone_atom_pass(self, like: torch.Tensor) -> torch.Tensor:
         num = len(self.atomic_numbers)
         lone = {
             keys.SPECIES: torch.arange(num, device=like.device),
@@ -93,6 +147,7 @@ class Potential(nn.Module):
         }
         return self.backbone(lone)[keys.NODE_ENERGIES]
 
+    # -- energy, forces, stress -------------------------------------------------------------------
     def forward(
         self,
         data: dict[str, torch.Tensor],
@@ -100,12 +155,11 @@ class Potential(nn.Module):
         compute_stress: bool = False,
         training: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energies, and forces/stress by autograd (forces from the backbone instead when it
-        has a direct force head, which is then not energy-conserving).
+        """Energies, and forces/stress by autograd (or the backbone's direct force head).
 
         Args:
             data: batch dict with POSITIONS, ATOMIC_NUMBERS, EDGE_INDEX, CELL_SHIFTS, CELL,
-                BATCH, NUM_ATOMS (see :mod:`mlip.data.keys`).
+                PBC, BATCH (see :mod:`mlip.data.keys`; built by :func:`mlip.graph.build.collate`).
             compute_forces: return FORCES (N, 3) [eV/Å].
             compute_stress: return STRESS and VIRIAL (B, 3, 3); zero for non-periodic
                 structures.
@@ -113,14 +167,15 @@ class Potential(nn.Module):
                 back-propagated.
 
         Returns:
-            dict with ENERGY (B,) and ATOMIC_ENERGIES (N,) in float64, NODE_FEATURES, and FORCES / STRESS /
-            VIRIAL when asked.
+            dict with ENERGY (B,) and ATOMIC_ENERGIES (N,) in float64, the backbone's
+            declared extra outputs, and FORCES / STRESS / VIRIAL when asked.
         """
         pos = data[keys.POSITIONS]
         cell = data[keys.CELL]
         batch = data[keys.BATCH]
         num_graphs = cell.shape[0]
-        if compute_forces and not pos.requires_grad:
+        direct = self.backbone.outputs.direct_forces
+        if compute_forces and not direct and not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
         strain = None
         if compute_stress:
@@ -135,24 +190,21 @@ class Potential(nn.Module):
         out = self.backbone(inputs)
         receiver = data[keys.EDGE_INDEX][1]
         coordination = scatter_sum(self.envelope(vectors.norm(dim=-1)), receiver, pos.shape[0])
-        interaction = out[keys.NODE_ENERGIES] - self.isolated_backbone_energies(pos)[species]
+        interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
         atomic = (self.scale * interaction + self.shift * self.inv_avg_neighbors * coordination)
         atomic = atomic.double() + self.e0s[species]
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
-        result = {k: v for k, v in out.items() if k != keys.NODE_ENERGIES}  # extra outputs
+        result = {k: v for k, v in out.items() if k not in (keys.NODE_ENERGIES, keys.DIRECT_FORCES)}
         result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})
-        # A direct force head (TransIP option) replaces -dE/dr: not energy-conserving.
-        direct = result.pop(keys.DIRECT_FORCES, None)
-        if compute_forces and direct is not None:
-            result[keys.FORCES] = self.scale * direct
-            compute_forces = False
-        wrt = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
+        if compute_forces and direct:
+            result[keys.FORCES] = self.scale * out[keys.DIRECT_FORCES]
+        wrt = ([pos] if compute_forces and not direct else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(
                 energy.sum(), wrt, create_graph=training, retain_graph=training, allow_unused=True
             )
             grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt, strict=True)]
-            if compute_forces:
+            if compute_forces and not direct:
                 result[keys.FORCES] = -grads[0]
             if compute_stress:
                 de_dstrain = grads[-1]

@@ -18,10 +18,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _torch_scatter = None
 
 
-def has_torch_scatter() -> bool:
-    return _torch_scatter is not None
-
-
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Sum rows of ``src`` into ``dim_size`` buckets given by ``index``.
 

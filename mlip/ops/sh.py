@@ -51,16 +51,26 @@ def spherical_harmonics(vectors: torch.Tensor, lmax: int) -> torch.Tensor:
 
 
 def wigner_d(lmax: int, rotation: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal ((lmax+1)^2, (lmax+1)^2) real Wigner-D matrix of a 3x3 rotation
-    (or improper rotation) acting on features in this layout: x' = x @ D.T.
+    """Block-diagonal real Wigner-D matrices of 3x3 rotations (or improper rotations)
+    acting on features in this layout: x' = x @ D.T.
 
-    Computed in float64 whatever the default dtype (e3nn builds some constants in the
-    default dtype, which would limit a float64 check to ~1e-6), returned in rotation's dtype.
+    Solved in float64 from the defining identity Y(R v) = Y(v) D^T on a fixed set of
+    directions (exact to ~1e-15; e3nn's ``D_from_matrix`` builds constants in the default
+    dtype, which limits it to ~1e-6 unless the default dtype is changed, a process-wide
+    side effect this avoids). Improper rotations pick up (-1)^l, the natural parity.
+
+    Args:
+        lmax: maximum degree.
+        rotation: (..., 3, 3).
+
+    Returns:
+        (..., (lmax+1)^2, (lmax+1)^2) in ``rotation``'s dtype.
     """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        d = irreps_of(lmax).D_from_matrix(rotation.to(torch.float64))
-    finally:
-        torch.set_default_dtype(previous)
-    return d.to(rotation.dtype)
+    r = rotation.to(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4 * num_components(lmax) + 8, 3, generator=g, dtype=torch.float64).to(r.device)
+    y = spherical_harmonics(v, lmax)  # (P, D)
+    rotated = spherical_harmonics((v @ r.transpose(-1, -2)).reshape(-1, 3), lmax)
+    rotated = rotated.reshape(*r.shape[:-2], v.shape[0], -1)
+    d_t = torch.linalg.lstsq(y.expand(*rotated.shape[:-2], *y.shape), rotated).solution
+    return d_t.transpose(-1, -2).to(rotation.dtype)

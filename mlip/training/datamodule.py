@@ -1,8 +1,8 @@
 """LightningDataModule: LMDB datasets, seeded splits, statistics of the training split.
 
 Inputs may be any ASE-readable file (converted once to an LMDB cache next to the file, or in
-the user cache directory when that folder is read-only; reused while the file is unchanged)
-or an mlip LMDB.
+``mlip.cache.cache_dir("data")`` when that folder is read-only; reused while the file is
+unchanged) or an mlip LMDB.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from mlip.cache import cache_dir
 from mlip.data.convert import convert
 from mlip.data.lmdb import LmdbDataset, split_indices, write_metadata
 from mlip.data.stats import DatasetStatistics, compute_statistics, e0s_from_file
@@ -46,11 +47,6 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return self.size
 
 
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mlip"
-
-
 def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
     """Where the LMDB cache of ``path`` lives; the name changes when the file changes."""
     st = path.stat()
@@ -58,7 +54,7 @@ def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
     digest = hashlib.sha1(tag.encode()).hexdigest()[:12]
     folder = path.parent / CACHE_DIR_NAME
     if not os.access(path.parent, os.W_OK):
-        folder = _user_cache_dir() / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
+        folder = cache_dir("data") / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
     return folder / f"{path.stem}-{digest}.lmdb"
 
 

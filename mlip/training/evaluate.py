@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlip.data import keys
 from mlip.data.lmdb import LmdbDataset
-from mlip.graph.build import GraphDataset, batch_to_dict, collate
+from mlip.graph.build import GraphDataset, collate
 from mlip.model.potential import Potential
 from mlip.training.datamodule import ensure_lmdb
 from mlip.training.metrics import metric_sums, summarize
@@ -36,7 +36,10 @@ def evaluate_file(
     """
     param = next(model.parameters())
     dataset = LmdbDataset(ensure_lmdb(path, key_mapping))
-    periodic = bool(dataset.header.get("labels", {}).get("stress", 0))
+    has_stress = bool(dataset.header.get("labels", {}).get("stress", 0))
+    unknown = sorted(set(dataset.header.get("elements", [])) - set(model.atomic_numbers))
+    if unknown:  # one line naming element and file, not an index error deep in the model
+        model.check_elements(unknown, where=str(path))
     loader = DataLoader(
         GraphDataset(dataset, model.cutoff, dtype=param.dtype), batch_size=batch_size,
         collate_fn=collate,
@@ -46,8 +49,8 @@ def evaluate_file(
     kept: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("e_ref", "e_pred", "n", "f_ref", "f_pred")}
     for batch in tqdm(loader, desc=f"eval {Path(path).name}", disable=not progress, leave=False):
-        data = {k: v.to(param.device) for k, v in batch_to_dict(batch).items()}
-        out = model(data, compute_forces=True, compute_stress=periodic)
+        data = {k: v.to(param.device) for k, v in batch.items()}
+        out = model(data, compute_forces=True, compute_stress=has_stress)
         out = {k: v.detach() for k, v in out.items()}
         s = metric_sums(out, data)
         sums = s if sums is None else sums + s
@@ -67,6 +70,24 @@ def evaluate_file(
     return result
 
 
+def evaluate(
+    model: Potential | str | Path,
+    path: str | Path,
+    batch_size: int = 20,
+    key_mapping: dict[str, str | None] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Errors of a model (object or model file) on one data file: :func:`evaluate_file`.
+
+    >>> # mlip.evaluate("checkpoints/quickstart/model.pt", "data/acac/test_MD_300K.xyz")["f_mae"]
+    """
+    if not isinstance(model, Potential):
+        from mlip.model.io import load_model
+
+        model = load_model(model, device=device)
+    return evaluate_file(model, path, batch_size, key_mapping, progress=False)
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """A fixed-width table of evaluation results (missing metrics shown as '-')."""
     cols = [("structures", "N", "d"), ("e_mae", "E MAE", ".2f"), ("e_rmse", "E RMSE", ".2f"),
@@ -84,8 +105,6 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-
-
 def equivariance_errors(
     model: Potential,
     path: str | Path,
@@ -96,51 +115,37 @@ def equivariance_errors(
 ) -> dict[str, Any]:
     """Measured symmetry error of ``model`` on the first structures of a data file.
 
-    For each structure and each of ``rotations`` Haar-random rotations R (and, separately,
-    improper rotations -R): the energy error |E(Rx) - E(x)| per atom [meV/atom] and the force
-    error |F(Rx) - R F(x)| / |F(x)| (Frobenius norms, relative). Exact backbones give float
-    noise; approximate ones (CP) and learned ones (TransIP) their real error.
+    :func:`mlip.testing.physics.symmetry_errors` (the one definition) for each structure
+    under ``rotations`` Haar-random rotations R and, separately, improper rotations -R.
+    Exact backbones give float noise; approximate ones (CP) and learned ones (TransIP) their
+    real error.
 
     Returns:
         dict with, for "rotation" and "reflection": energy_mean/energy_max [meV/atom] and
-        forces_mean/forces_max (relative).
+        forces_mean/forces_max (relative), and the number of structures.
     """
-    from mlip.graph.build import structure_to_data
-    from mlip.testing.physics import random_rotation
+    import ase
 
-    param = next(model.parameters())
-    rng = np.random.default_rng(seed)
-    errors: dict[str, dict[str, list[float]]] = {
-        kind: {"energy": [], "forces": []} for kind in ("rotation", "reflection")
-    }
+    from mlip.ops.rotations import random_rotations
+    from mlip.testing.physics import symmetry_errors
+
+    g = torch.Generator().manual_seed(seed)
     dataset = LmdbDataset(ensure_lmdb(path, key_mapping))
-    for k in range(min(max_structures, len(dataset))):
-        structure = dataset[k]
-        for kind, reflect in (("rotation", False), ("reflection", True)):
-            mats = [random_rotation(rng, reflect) for _ in range(rotations)]
-            copies = [structure]
-            for r in mats:
-                s = copy.deepcopy(structure)
-                s.positions = structure.positions @ r.T
-                s.cell = structure.cell @ r.T
-                copies.append(s)
-            batch = collate([structure_to_data(s, model.cutoff, param.dtype) for s in copies])
-            data = {key: v.to(param.device) for key, v in batch_to_dict(batch).items()}
-            out = model(data, compute_forces=True)
-            energy = out[keys.ENERGY].detach().cpu().double().numpy()
-            forces = out[keys.FORCES].detach().cpu().double().numpy().reshape(len(copies), -1, 3)
-            n = structure.num_atoms
-            ref_norm = max(np.linalg.norm(forces[0]), 1e-12)
-            for i, r in enumerate(mats, start=1):
-                errors[kind]["energy"].append(1000 * abs(energy[i] - energy[0]) / n)
-                errors[kind]["forces"].append(np.linalg.norm(forces[i] - forces[0] @ r.T) / ref_norm)
+    count = min(max_structures, len(dataset))
     result: dict[str, Any] = {"file": str(path), "rotations": rotations}
-    for kind, vals in errors.items():
-        result[kind] = {
-            "energy_mean": float(np.mean(vals["energy"])), "energy_max": float(np.max(vals["energy"])),
-            "forces_mean": float(np.mean(vals["forces"])), "forces_max": float(np.max(vals["forces"])),
-            "structures": len(vals["energy"]) // max(rotations, 1),
-        }
+    for kind, reflect in (("rotation", False), ("reflection", True)):
+        energy, forces = [], []
+        for k in range(count):
+            s = dataset[k]
+            atoms = ase.Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+            model.check_elements(s.numbers, where=s.where())
+            err = symmetry_errors(model, atoms, random_rotations(rotations, g, reflect=reflect).numpy())
+            energy.append(1000 * err["energy"])
+            forces.append(err["forces"])
+        e, f = np.concatenate(energy), np.concatenate(forces)
+        result[kind] = {"energy_mean": float(e.mean()), "energy_max": float(e.max()),
+                        "forces_mean": float(f.mean()), "forces_max": float(f.max()),
+                        "structures": count}
     return result
 
 

@@ -9,12 +9,12 @@ import lightning as L
 import torch
 
 from mlip.data import keys
-from mlip.graph.build import batch_to_dict
 from mlip.model.build import build_potential
 from mlip.model.potential import Potential
+from mlip.ops.rotations import random_rotations
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.metrics import metric_sums, summarize, weighted_loss
-from mlip.training.symmetry import equivariance_loss, random_rotations, rotate_batch
+from mlip.training.symmetry import equivariance_loss, rotate_batch
 
 
 class PotentialModule(L.LightningModule):
@@ -87,9 +87,10 @@ class PotentialModule(L.LightningModule):
             data, compute_forces=True, compute_stress=self.compute_stress, training=training
         )
 
-    def _accumulate(self, split: str, pred: dict, data: dict) -> None:
+    def _accumulate(self, split: str, pred: dict, data: dict) -> torch.Tensor:
         sums = metric_sums(pred, data)
         self._sums[split] = self._sums.get(split, torch.zeros_like(sums)) + sums
+        return sums
 
     def _rotations(self, num: int, max_angle_deg: float = 180.0, stream: int = 0) -> torch.Tensor:
         """Random rotations that depend only on (seed, step, stream): resumes stay exact;
@@ -98,8 +99,7 @@ class PotentialModule(L.LightningModule):
         g = torch.Generator().manual_seed(seed)
         return random_rotations(num, g, device=self.device, max_angle_deg=max_angle_deg)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        data = batch_to_dict(batch)
+    def training_step(self, data: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         tc = self.config["training"]
         num_graphs = int(data[keys.NUM_ATOMS].shape[0])
         if tc["augment_rotations"]:
@@ -107,27 +107,26 @@ class PotentialModule(L.LightningModule):
         pred = self(data, training=True)
         losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
         if tc["equivariance_weight"] > 0:
-            if keys.EQUIVARIANT_EMBEDDING not in pred:
-                raise ValueError("training.equivariance_weight > 0 needs a backbone with an "
-                                 f"{keys.EQUIVARIANT_EMBEDDING!r} output (e.g. TransIPBackbone)")
+            lmax = self.model.backbone.outputs.embedding_lmax
+            if lmax is None:
+                raise ValueError("training.equivariance_weight > 0 needs a backbone that declares "
+                                 "an equivariant embedding (outputs.embedding_lmax, e.g. TransIPBackbone)")
             rotations = self._rotations(num_graphs, tc["equivariance_max_angle"], stream=1)
             rotated = self.model(rotate_batch(data, rotations), compute_forces=False)
             z = pred[keys.EQUIVARIANT_EMBEDDING]
-            lmax = int(round(z.shape[-1] ** 0.5)) - 1
             eq = equivariance_loss(z, rotated[keys.EQUIVARIANT_EMBEDDING], rotations,
                                    data[keys.BATCH], lmax)
             losses["loss"] = losses["loss"] + tc["equivariance_weight"] * eq
             self.log("train/equivariance_loss", eq, batch_size=num_graphs)
-        self._accumulate("train", pred, data)
+        sums = self._accumulate("train", pred, data)
         bs = int(data[keys.NUM_ATOMS].shape[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        with torch.no_grad():
-            f_mae = 1000 * (pred[keys.FORCES] - data[keys.FORCES]).abs().mean()
-        self.log("f_mae", f_mae, prog_bar=True, logger=False, batch_size=bs)
+        f_mae = summarize(sums).get("f_mae")  # label masks respected, as every metric
+        if f_mae is not None:
+            self.log("f_mae", f_mae, prog_bar=True, logger=False, batch_size=bs)
         return losses["loss"]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        data = batch_to_dict(batch)
+    def validation_step(self, data: dict[str, torch.Tensor], batch_idx: int) -> None:
         with torch.enable_grad():
             pred = self(data, training=False)
         losses = weighted_loss(pred, data, *self.loss_weights(False))

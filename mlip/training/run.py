@@ -65,8 +65,19 @@ def export_model(module: PotentialModule, checkpoint_path: str | None, path: Pat
     return save_model(path, model, module.config["model"], module.data_info["avg_num_neighbors"])
 
 
-def train(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
-    """Run training as configured; returns a summary dict (also written to summary.json)."""
+def train(config: dict[str, Any] | str | Path, resume: bool = False,
+          overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run training as configured; returns a summary dict (also written to summary.json).
+
+    Args:
+        config: a resolved config (:func:`mlip.training.config.load_config`) or a YAML path.
+        resume: continue ``checkpoints/<run_name>/checkpoints/last.ckpt`` exactly.
+        overrides: dotted ``key=value`` overrides, with a YAML path.
+    """
+    if not isinstance(config, dict):
+        from mlip.training.config import load_config
+
+        config = load_config(config, overrides)
     tc = config["training"]
     if tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))

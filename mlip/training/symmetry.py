@@ -8,30 +8,6 @@ from mlip.data import keys
 from mlip.ops.sh import num_components, wigner_d
 
 
-def random_rotations(num: int, generator: torch.Generator | None = None,
-                     dtype: torch.dtype = torch.float64, device=None,
-                     max_angle_deg: float = 180.0) -> torch.Tensor:
-    """(num, 3, 3) random rotations from unit quaternions: Haar-uniform for
-    ``max_angle_deg >= 180``, else a uniform random axis and an angle uniform in
-    [0, max_angle_deg] (small rotations, e.g. for a curriculum)."""
-    if max_angle_deg >= 180.0:
-        q = torch.randn(num, 4, generator=generator, dtype=torch.float64)
-    else:
-        axis = torch.randn(num, 3, generator=generator, dtype=torch.float64)
-        axis = axis / axis.norm(dim=1, keepdim=True)
-        half = torch.rand(num, generator=generator, dtype=torch.float64) * max_angle_deg
-        half = torch.deg2rad(half) / 2
-        q = torch.cat([half.cos()[:, None], half.sin()[:, None] * axis], dim=1)
-    q = q / q.norm(dim=1, keepdim=True)
-    a, b, c, d = q.unbind(1)
-    r = torch.stack([
-        a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c),
-        2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b),
-        2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d,
-    ], dim=1).view(num, 3, 3)
-    return r.to(dtype=dtype, device=device)
-
-
 def rotate_batch(data: dict[str, torch.Tensor], rotations: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rotate positions, cells and the vector/tensor labels of every structure.
 
@@ -71,7 +47,7 @@ def equivariance_loss(
         batch: (N,) structure of each atom.
         lmax: degree of the embedding.
     """
-    d = torch.stack([wigner_d(lmax, r) for r in rotations.double().cpu()]).to(embedding)
+    d = wigner_d(lmax, rotations.double()).to(embedding)
     assert d.shape[-1] == num_components(lmax)
     target = torch.einsum("ncj,nkj->nck", embedding, d[batch])
     loss = embedding.new_zeros(())

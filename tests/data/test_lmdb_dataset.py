@@ -78,7 +78,7 @@ def test_header(tmp_path: Path, shared_data: Path) -> None:
     header = LmdbDataset(out).header
     assert header["format"] == "mlip-lmdb" and header["schema_version"] == SCHEMA_VERSION
     assert header["count"] == 33
-    assert header["species"] == [1, 6, 8, 29]
+    assert header["elements"] == [1, 6, 8, 29]
     assert header["atoms_per_element"] == {"1": 8 * 23, "6": 5 * 23, "8": 2 * 23, "29": 1078}
     assert header["atoms_per_structure"] == {
         "min": 15,

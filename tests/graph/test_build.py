@@ -9,7 +9,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
-from mlip.graph.build import atoms_to_batch, batch_to_dict, collate, structure_to_data
+from mlip.graph.build import atoms_to_batch, collate, structure_graph
 from mlip.graph.edges import edge_vectors
 from mlip.graph.stats import average_num_neighbors
 
@@ -41,7 +41,7 @@ def test_batch_fields_and_offsets(shared_data):
         mine = vec[b[ei[1]] == k].norm(dim=1).sort().values.numpy()
         d = np.sort(ase_neighbor_list("d", a, 4.0))
         np.testing.assert_allclose(mine, d, rtol=1e-12)
-        single = structure_to_data(atoms_to_structure(a), 4.0, torch.float64)
+        single = structure_graph(atoms_to_structure(a), 4.0, torch.float64)
         assert single[keys.EDGE_INDEX].shape[1] == len(d)
         assert int(ei[:, b[ei[1]] == k].min()) >= start[k]
 
@@ -58,8 +58,7 @@ def test_edge_vectors_are_differentiable(shared_data):
 def test_collate_round_trip_and_avg_neighbors(shared_data):
     atoms = frames(shared_data)
     structures = [atoms_to_structure(a) for a in atoms]
-    batch = collate([structure_to_data(s, 4.0) for s in structures])
-    data = batch_to_dict(batch)
+    data = collate([structure_graph(s, 4.0) for s in structures])
     assert set(data) >= {keys.POSITIONS, keys.EDGE_INDEX, keys.BATCH, keys.CELL_SHIFTS}
     expected = sum(len(ase_neighbor_list("i", a, 4.0)) for a in atoms) / sum(map(len, atoms))
     assert abs(average_num_neighbors(structures, 4.0) - expected) < 1e-12

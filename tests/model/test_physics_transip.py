@@ -11,7 +11,8 @@ from mlip.data import keys
 from mlip.graph.build import atoms_to_batch
 from mlip.model.build import build_potential
 from mlip.testing import physics
-from mlip.training.symmetry import equivariance_loss, random_rotations, rotate_batch
+from mlip.ops.rotations import random_rotations
+from mlip.training.symmetry import equivariance_loss, rotate_batch
 
 BACKBONE = {
     "class_path": "mlip.backbones.transip.TransIPBackbone",

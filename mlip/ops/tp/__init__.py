@@ -6,8 +6,7 @@ Implementations are chosen in configs by class path, e.g.
 
 from __future__ import annotations
 
-import importlib
-
+from mlip.classpath import import_class
 from mlip.ops.tp.base import TensorProduct
 
 # Short names accepted wherever a tensor-product class path is.
@@ -28,16 +27,4 @@ def resolve_tensor_product(class_path: str) -> type[TensorProduct]:
     >>> resolve_tensor_product("gaunt-fourier").__name__
     'GauntFourierTensorProduct'
     """
-    class_path = ALIASES.get(class_path, class_path)
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(
-            f"tensor_product {class_path!r} is not an importable class path "
-            "(e.g. 'mlip.ops.tp.cg.CGTensorProduct') or one of "
-            f"{', '.join(ALIASES)}"
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, TensorProduct)):
-        raise ValueError(f"tensor_product {class_path!r} is not a TensorProduct subclass")
-    return cls
+    return import_class(class_path, base=TensorProduct, aliases=ALIASES, what="tensor_product")

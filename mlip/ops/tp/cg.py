@@ -93,22 +93,14 @@ class CGTensorProduct(TensorProduct):
         super().__init__(lmax_in1, lmax_in2, lmax_out)
         self.paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
         self.weight_numel = len(self.paths)
-        # Derived constants, cast from the float64 master per (dtype, device) on first use.
-        # Deliberately not a buffer: Module.to() would cast a float32 copy up to float64
-        # and keep its rounding.
-        self._constants: dict[tuple, torch.Tensor] = {}
+        self.register_constants()
 
-    def _path_tensor(self, like: torch.Tensor) -> torch.Tensor:
-        key = (like.dtype, like.device)
-        if key not in self._constants:
-            self._constants[key] = cg_path_tensor(
-                self.lmax_in1, self.lmax_in2, self.lmax_out
-            ).to(device=like.device, dtype=like.dtype)
-        return self._constants[key]
+    def build_constants(self) -> dict[str, torch.Tensor]:
+        return {"paths": cg_path_tensor(self.lmax_in1, self.lmax_in2, self.lmax_out)}
 
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         if weight is None:
             weight = x1.new_ones(self.weight_numel)
-        return cg_product(x1, x2, weight, self._path_tensor(x1))
+        return cg_product(x1, x2, weight, self.constant("paths", x1))

@@ -19,20 +19,22 @@ is the ablation of the paper's sharing: the stacked tensor is not low-rank (rela
 0.35 at L = 1, 0.44 at L = 2 for R = 7 L^2), so its default rank is the exact D1 D2 and it
 is not faster than CG; sharing is what makes CP cheap.
 
-The factors are persistent buffers (saved models carry them). ``__init__`` only allocates;
-:meth:`CPTensorProduct.prepare` fills them: exactly at full rank (R >= D1 D2), otherwise from
-a cache file or by a deterministic ALS fit that writes the cache.
+The factors are persistent exact float64 buffers (:mod:`mlip.ops.buffers`; saved models
+carry them). ``__init__`` only allocates; :meth:`CPTensorProduct.prepare` (the protocol's
+fitting step) fills them: exactly at full rank (R >= D1 D2), otherwise from a cache file in
+:func:`mlip.cache.cache_dir` ``("cp")`` or by a deterministic ALS fit that writes the cache.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from mlip.cache import cache_dir
+from mlip.ops.buffers import exact, register_exact, set_exact
 from mlip.ops.sh import degree_of_components, num_components
 from mlip.ops.tp.base import TensorProduct
 from mlip.ops.tp.cg import cg_path_tensor, cg_paths
@@ -111,11 +113,6 @@ def _khatri_rao(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x[:, None, :] * y[None, :, :]).reshape(-1, x.shape[1])
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mlip" / "cp"
-
-
 def load_or_fit(lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int,
                 verbose: bool = False, share_weights: bool = True,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -128,7 +125,7 @@ def load_or_fit(lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int,
         a, b, c = (np.pad(x, ((0, 0), (0, pad))) for x in (a, b, c))
         return a, b, c, 0.0
     kind = "" if share_weights else "_paths"
-    path = cache_dir() / f"cp_l{lmax_in1}_{lmax_in2}_{lmax_out}_r{rank}{kind}.npz"
+    path = cache_dir("cp") / f"cp_l{lmax_in1}_{lmax_in2}_{lmax_out}_r{rank}{kind}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return f["a"], f["b"], f["c"], float(f["error"])
@@ -174,33 +171,33 @@ class CPTensorProduct(TensorProduct):
         self.weight_numel = ((lmax_in1 + 1) + (lmax_out + 1) if self.share_weights
                              else self.num_paths)
         rows_a = d3 if self.share_weights else self.num_paths * d3
-        self.register_buffer("factor_a", torch.zeros(rows_a, self.rank, dtype=torch.float64))
-        self.register_buffer("factor_b", torch.zeros(d1, self.rank, dtype=torch.float64))
-        self.register_buffer("factor_c", torch.zeros(d2, self.rank, dtype=torch.float64))
-        self.register_buffer("fit_error", torch.tensor(float("nan"), dtype=torch.float64))
+        for name, rows in (("factor_a", rows_a), ("factor_b", d1), ("factor_c", d2)):
+            register_exact(self, name, torch.zeros(rows, self.rank), persistent=True)
+        register_exact(self, "fit_error", torch.tensor(float("nan")), persistent=True)
         self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
         self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
+        self.prepared = False  # set by prepare() and by loading a state dict
+        self.register_load_state_dict_post_hook(_mark_prepared)
 
     def prepare(self) -> None:
         """Fill the factors (the explicit step; see module docstring)."""
         a, b, c, err = load_or_fit(self.lmax_in1, self.lmax_in2, self.lmax_out, self.rank,
                                    share_weights=self.share_weights)
         with torch.no_grad():
-            for buf, val in ((self.factor_a, a), (self.factor_b, b), (self.factor_c, c)):
-                buf.copy_(torch.from_numpy(np.ascontiguousarray(val)))
-            self.fit_error.fill_(err)
+            for name, val in (("factor_a", a), ("factor_b", b), ("factor_c", c)):
+                set_exact(self, name, torch.from_numpy(np.ascontiguousarray(val)))
+            set_exact(self, "fit_error", torch.tensor(err))
+        self.prepared = True
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", rank={self.rank}, share_weights={self.share_weights}, "
-                f"fit_error={float(self.fit_error):.2e}")
+                f"fit_error={float(exact(self, 'fit_error')):.2e}")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        if not getattr(self, "_checked", False):
-            if bool(torch.isnan(self.fit_error)):
-                raise RuntimeError("CPTensorProduct factors are not set: call prepare() (build_potential "
-                                   "does) or load a saved model")
-            self._checked = True
-        a, b, c = (f.to(x1.dtype) for f in (self.factor_a, self.factor_b, self.factor_c))
+        if not self.prepared:
+            raise RuntimeError("CPTensorProduct factors are not set: call prepare() (build_potential "
+                               "does) or load a saved model")
+        a, b, c = (self.constant(name, x1) for name in ("factor_a", "factor_b", "factor_c"))
         if not self.share_weights:
             per_path = (((x1 @ b) * (x2 @ c)) @ a.T).unflatten(-1, (self.num_paths, -1))
             if weight is None:
@@ -212,3 +209,9 @@ class CPTensorProduct(TensorProduct):
         if weight is not None:
             out = out * weight[..., self.lmax_in1 + 1 :][..., self.deg_out]
         return out
+
+
+def _mark_prepared(module: CPTensorProduct, incompatible_keys) -> None:
+    """Loading a state dict that carries the factors counts as the prepare step."""
+    if not torch.isnan(exact(module, "fit_error")):
+        module.prepared = True

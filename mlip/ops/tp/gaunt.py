@@ -104,49 +104,33 @@ def gaunt_grid_product(
 
 
 class _GauntTensorProduct(TensorProduct):
-    """Per-degree weights around a Gaunt product; subclasses provide ``_constants_for``
-    (the float64 master constants) and ``_product``.
+    """Per-degree weights around a Gaunt product; subclasses provide the three product
+    matrices (``build_constants``: to_grid1, to_grid2, from_grid) and ``_product``.
 
     Weights: per channel, one for each degree of x1 (applied before the product) and one
     for each output degree (after), ``weight_numel = (lmax_in1 + 1) + (lmax_out + 1)``.
-    Constants are built deterministically on first use per (dtype, device) and cached.
     """
 
     def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
         super().__init__(lmax_in1, lmax_in2, lmax_out)
         self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
-        self._constants: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
+        self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
+        self.register_constants()
 
-    def _constants_for(self) -> tuple[torch.Tensor, ...]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
-
-    def _matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        key = (like.dtype, like.device)
-        if key not in self._constants:
-            deg1 = degree_of_components(self.lmax_in1)
-            deg_out = degree_of_components(self.lmax_out)
-            complex_dtype = torch.complex128 if like.dtype == torch.float64 else torch.complex64
-
-            def cast(t: torch.Tensor) -> torch.Tensor:  # floats -> like, complex -> matching
-                dtype = complex_dtype if t.is_complex() else like.dtype
-                return t.to(like.device, dtype if t.is_floating_point() or t.is_complex() else t.dtype)
-
-            self._constants[key] = tuple(cast(t) for t in (*self._constants_for(), deg1, deg_out))
-        return self._constants[key]
 
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        *consts, deg1, deg_out = self._matrices(x1)
+        matrices = [self.constant(name, x1) for name in ("to1", "to2", "proj")]
         if weight is not None:
             w1, w_out = weight[..., : self.lmax_in1 + 1], weight[..., self.lmax_in1 + 1 :]
-            x1 = x1 * w1[..., deg1]
-        out = self._product(x1, x2, consts)
+            x1 = x1 * w1[..., self.deg1]
+        out = self._product(x1, x2, *matrices)
         if weight is not None:
-            out = out * w_out[..., deg_out]
+            out = out * w_out[..., self.deg_out]
         return out
 
 
@@ -158,11 +142,12 @@ class GauntGridTensorProduct(_GauntTensorProduct):
     torch.Size([4, 3, 9])
     """
 
-    def _constants_for(self) -> tuple[torch.Tensor, ...]:
-        return gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+    def build_constants(self) -> dict[str, torch.Tensor]:
+        matrices = gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+        return dict(zip(("to1", "to2", "proj"), matrices, strict=True))
 
-    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
-        return gaunt_grid_product(x1, x2, *consts)
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
+        return gaunt_grid_product(x1, x2, *matrices)
 
 
 # -- 2D Fourier form ----------------------------------------------------------------------------
@@ -286,8 +271,9 @@ class GauntFourierTensorProduct(_GauntTensorProduct):
     torch.Size([4, 3, 9])
     """
 
-    def _constants_for(self) -> tuple[torch.Tensor, ...]:
-        return gaunt_fourier_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+    def build_constants(self) -> dict[str, torch.Tensor]:
+        matrices = gaunt_fourier_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
+        return dict(zip(("to1", "to2", "proj"), matrices, strict=True))
 
-    def _product(self, x1: torch.Tensor, x2: torch.Tensor, consts: tuple) -> torch.Tensor:
-        return gaunt_fourier_product(x1, x2, *consts)
+    def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
+        return gaunt_fourier_product(x1, x2, *matrices)

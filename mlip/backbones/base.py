@@ -1,0 +1,68 @@
+"""The backbone protocol: what a backbone receives and what it may return.
+
+A backbone maps the batch dict to per-atom energies (and optionally features); everything
+physical around it (E0s, scale/shift, forces and stress by autograd) is the Potential's
+(STYLE habit 3). The Potential reads only :attr:`Backbone.outputs`, never a backbone's name.
+
+Receives (``forward(data)``), see :mod:`mlip.data.keys`:
+    SPECIES (N,) int64 element index, EDGE_INDEX (2, E), EDGE_VECTORS (E, 3) [Å] (recomputed
+    by the Potential from positions, so forces and stress flow through them), BATCH (N,),
+    and the rest of the batch. Edges are the cutoff graph; never build another one.
+
+Returns a dict with:
+    NODE_ENERGIES (N,): required, per-atom energies before scale/shift (the model dtype).
+    NODE_FEATURES (N, F): optional invariant features (``outputs.node_features = F``).
+    EQUIVARIANT_EMBEDDING (N, C, (L+1)^2): optional, in the SH layout of :mod:`mlip.ops.sh`
+        (``outputs.embedding_lmax = L``); what a learned-equivariance objective acts on.
+    DIRECT_FORCES (N, 3): optional force head in units of the model's scale
+        (``outputs.direct_forces = True``); the Potential then uses it instead of -dE/dr,
+        which is NOT energy-conserving.
+
+A lone atom (no edges) must give a finite energy; the Potential subtracts it so that an
+isolated atom has exactly E0. Constructor arguments the builder injects from data when
+the signature accepts them: ``num_elements``, ``cutoff``, ``avg_num_neighbors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneOutputs:
+    """What a backbone returns besides NODE_ENERGIES.
+
+    Attributes:
+        node_features: width F of NODE_FEATURES, or None.
+        embedding_lmax: degree L of EQUIVARIANT_EMBEDDING, or None when there is none.
+        direct_forces: whether DIRECT_FORCES is returned (and used instead of -dE/dr).
+    """
+
+    node_features: int | None = None
+    embedding_lmax: int | None = None
+    direct_forces: bool = False
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone (see the module docstring for the protocol).
+
+    Args:
+        num_elements: element types S (species indices 0..S-1).
+        cutoff: radial cutoff [Å].
+    """
+
+    def __init__(self, num_elements: int, cutoff: float) -> None:
+        super().__init__()
+        self.num_elements = int(num_elements)
+        self.cutoff = float(cutoff)
+
+    @property
+    def outputs(self) -> BackboneOutputs:
+        """The declaration the Potential reads. Override when returning more."""
+        return BackboneOutputs()
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError

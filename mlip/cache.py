@@ -1,0 +1,24 @@
+"""The user cache folder: the one place mlip writes files the user did not name.
+
+``$MLIP_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mlip``, else ``~/.cache/mlip``. Inside it:
+``cp/`` (fitted CP tensor-product factors) and ``data/`` (LMDB conversions of data files in
+read-only folders; others get a ``.mlip_cache/`` folder beside the file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder (not created), or a subfolder of it.
+
+    >>> cache_dir("cp").name
+    'cp'
+    """
+    root = os.environ.get("MLIP_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "mlip")
+    return Path(root, *parts)
