@@ -1,7 +1,8 @@
 """Run configuration: one YAML file, defaults below, ``dotted.key=value`` overrides.
 
 The backbone (and through it the tensor product) is chosen by class path in
-``model.backbone.class_path``; everything else is plain data.
+``model.backbone.class_path``, usually through a preset file (configs/backbone/*.yaml,
+see :func:`load_config`); everything else is plain data.
 """
 
 from __future__ import annotations
@@ -102,39 +103,161 @@ def apply_override(config: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
+PRESET_KEYS = frozenset({"class_path", "init_args", "training"})
+
+
+def deep_merge(base: dict, other: dict) -> dict:
+    """Recursively merge ``other`` into a copy of ``base``, descending into every mapping
+    (``init_args`` and ``tensor_product_args`` included; used for preset init_args)."""
+    out = copy.deepcopy(base)
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def find_preset(name: str | Path, config_dir: Path | None) -> Path:
+    """The preset file ``name``: tried relative to ``config_dir`` (the run config's folder),
+    then to the current directory; an absolute path is taken as is.
+
+    Raises:
+        FileNotFoundError: naming every path tried.
+    """
+    name = Path(name)
+    candidates = [name] if name.is_absolute() else (
+        ([config_dir / name] if config_dir is not None else []) + [Path.cwd() / name])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"model.backbone: preset {str(name)!r} not found; tried {tried}. Give a path relative "
+        "to the run config's folder (e.g. backbone/cg.yaml for configs/backbone/cg.yaml) or to "
+        "the current directory."
+    )
+
+
+def load_preset(name: str | Path, config_dir: Path | None) -> tuple[dict, dict]:
+    """Read a backbone preset file: ``(backbone block, training defaults)``.
+
+    A preset is a YAML mapping with ``class_path``, ``init_args`` and, optionally, a
+    ``training`` section of defaults the backbone needs (see :func:`load_config`).
+    """
+    path = find_preset(name, config_dir)
+    with open(path) as fh:
+        preset = yaml.safe_load(fh) or {}
+    if not isinstance(preset, dict) or "class_path" not in preset:
+        raise ValueError(f"backbone preset {path}: expected a mapping with class_path and "
+                         "init_args (see configs/backbone/*.yaml)")
+    unknown = set(preset) - PRESET_KEYS
+    if unknown:
+        raise ValueError(f"backbone preset {path}: unknown key(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(PRESET_KEYS)}")
+    training = preset.get("training") or {}
+    unknown = set(training) - set(DEFAULTS["training"])
+    if unknown:
+        raise ValueError(f"backbone preset {path}: unknown training option(s) {sorted(unknown)}")
+    backbone = {"class_path": preset["class_path"],
+                "init_args": copy.deepcopy(preset.get("init_args") or {})}
+    return backbone, copy.deepcopy(training)
+
+
+def resolve_backbone(backbone: Any, config_dir: Path | None) -> tuple[Any, dict]:
+    """Turn the user's ``model.backbone`` into a ``{class_path, init_args}`` block.
+
+    Returns ``(block, training defaults from the preset)``; a block without ``preset`` (or
+    ``None``) is returned unchanged with no training defaults.
+    """
+    if isinstance(backbone, str | Path):
+        return load_preset(backbone, config_dir)
+    if isinstance(backbone, dict) and "preset" in backbone:
+        extra = set(backbone) - {"preset", "init_args"}
+        if extra:
+            raise ValueError(
+                f"model.backbone: a preset mapping takes only preset and init_args, not "
+                f"{sorted(extra)}; to choose another class give a full "
+                "{class_path, init_args} block instead of a preset"
+            )
+        block, training = load_preset(backbone["preset"], config_dir)
+        block["init_args"] = deep_merge(block["init_args"], backbone.get("init_args") or {})
+        return block, training
+    return backbone, {}
+
+
+def _apply_user_override(user: dict, override: str) -> None:
+    """:func:`apply_override` on the user's (not yet resolved) config; a dotted key below a
+    preset string (``model.backbone.init_args.channels=16`` on ``model.backbone: X.yaml``)
+    first turns it into ``{preset: X.yaml}``."""
+    dotted = override.split("=", 1)[0].strip()
+    model = user.get("model")
+    backbone = model.get("backbone") if isinstance(model, dict) else None
+    if dotted.startswith("model.backbone.") and isinstance(backbone, str):
+        user["model"]["backbone"] = {"preset": backbone}
+    apply_override(user, override)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Defaults <- YAML file <- overrides. Relative data paths stay relative to the cwd."""
-    config = copy.deepcopy(DEFAULTS)
+    """Resolve a run config: DEFAULTS <- backbone preset's training <- YAML file <- overrides.
+
+    ``model.backbone`` takes one of three forms:
+
+    - a preset path, ``backbone/gaunt-grid.yaml``: a file with ``class_path``, ``init_args``
+      and optionally ``training`` (see configs/backbone/*.yaml);
+    - ``{preset: backbone/gaunt-grid.yaml, init_args: {channels: 64}}``: the preset with these
+      init_args deep-merged over its own;
+    - a full ``{class_path, init_args}`` block (no preset; init_args replace the defaults').
+
+    A relative preset path is looked up in the run config's folder, then in the current
+    directory (an error names both paths); this holds for overrides too, so switching backbone
+    is one argument: ``mlip train --config configs/quickstart.yaml
+    model.backbone=backbone/gaunt-grid.yaml`` (replacing the whole backbone, init_args
+    included) or ``model.backbone.preset=backbone/gaunt-grid.yaml`` (keeping the config's
+    init_args overrides). ``model.backbone.init_args.channels=16`` works on top of a preset.
+
+    A preset's ``training`` section holds defaults the backbone needs (TransIP: rotation
+    augmentation, a smaller lr). Precedence, lowest first: DEFAULTS, the preset's training
+    section, the run config's own sections, command-line overrides. To know what the user set,
+    the YAML and the overrides are merged first, the preset is resolved, and the result is laid
+    over DEFAULTS + the preset's training. The returned config always holds a full backbone
+    block, so the run's saved config.yaml needs no preset files.
+
+    Args:
+        path: the run config YAML, or None (defaults + overrides only).
+        overrides: ``dotted.key=value`` strings, values parsed as YAML.
+
+    Returns:
+        The resolved config (same keys as DEFAULTS). Relative data paths stay relative to the
+        cwd; ``data.train``, ``data.val`` and ``data.test`` are lists.
+    """
+    user: dict = {}
+    config_dir = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         with open(path) as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
+            user = yaml.safe_load(fh) or {}
+        if not isinstance(user, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
-        unknown = set(loaded) - set(DEFAULTS)
+        unknown = set(user) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
-        config = deep_update(config, loaded)
+        config_dir = path.parent
     for override in overrides:
-        apply_override(config, override)
-    backbone = config["model"]["backbone"]
-    if isinstance(backbone, str):  # a preset file, e.g. configs/backbone/cg.yaml
-        candidates = [Path(backbone)] + ([Path(path).parent / backbone] if path else [])
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(f"model.backbone: preset file {backbone} does not exist")
-        with open(found) as fh:
-            config["model"]["backbone"] = yaml.safe_load(fh)
+        _apply_user_override(user, override)
+    preset_training: dict = {}
+    if isinstance(user.get("model"), dict) and "backbone" in user["model"]:
+        user["model"]["backbone"], preset_training = resolve_backbone(
+            user["model"]["backbone"], config_dir)
+    config = deep_update(DEFAULTS, {"training": preset_training})
+    config = deep_update(config, user)
     for section in ("data", "training"):
         unknown = set(config[section]) - set(DEFAULTS[section])
         if unknown:
             raise ValueError(f"unknown {section} option(s) {sorted(unknown)}")
-    if isinstance(config["data"]["train"], str):
-        config["data"]["train"] = [config["data"]["train"]]
-    if isinstance(config["data"]["val"], str):
-        config["data"]["val"] = [config["data"]["val"]]
-    if isinstance(config["data"]["test"], str):
-        config["data"]["test"] = [config["data"]["test"]]
+    for key in ("train", "val", "test"):
+        if isinstance(config["data"][key], str):
+            config["data"][key] = [config["data"][key]]
     return config
