@@ -28,7 +28,6 @@ import ase
 import ase.io
 import numpy as np
 import torch
-import yaml
 from ase import units
 from ase.build import bulk
 from ase.md.velocitydistribution import thermalize_momenta
@@ -40,6 +39,7 @@ from mlip.md.ase_driver import MDSettings
 from mlip.md.replicas import run_replicas
 from mlip.model.build import build_potential
 from mlip.model.io import load_model
+from mlip.training.config import load_config
 from mlip.training.metrics import weighted_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: 
     E0s are the isolated-atom energies plus the frames' mean interaction energy per atom
     and the shift is 0: a briefly trained model is then MD-stable (see tests/md/conftest.py).
     """
-    config = yaml.safe_load(Path(config_file or ROOT / "configs" / "quickstart.yaml").read_text())
+    config = load_config(config_file or ROOT / "configs" / "quickstart.yaml")
     e_iso = {int(a.numbers[0]): a.get_potential_energy() for a in isolated}
     elements = sorted({int(z) for a in frames for z in a.numbers})
     inter = np.mean([(a.get_potential_energy() - sum(e_iso[int(z)] for z in a.numbers)) / len(a)

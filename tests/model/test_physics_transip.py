@@ -10,8 +10,8 @@ import torch
 from mlip.data import keys
 from mlip.graph.build import atoms_to_batch
 from mlip.model.build import build_potential
-from mlip.testing import physics
 from mlip.ops.rotations import random_rotations
+from mlip.testing import physics
 from mlip.training.symmetry import equivariance_loss, rotate_batch
 
 BACKBONE = {
