@@ -34,6 +34,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from mlip.calculator import MLIPCalculator
+from mlip.calculator.allocator import tune_glibc_malloc
 from mlip.graph.build import atoms_to_batch
 from mlip.md.ase_driver import MDSettings
 from mlip.md.replicas import run_replicas
@@ -81,7 +82,7 @@ def copper_cell() -> ase.Atoms:
 
 def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) -> dict:
     """ASE VelocityVerlet through the calculator: rates and the per-step split."""
-    calc = MLIPCalculator(model, device="cpu", compile=compile_, tune_malloc=True)
+    calc = MLIPCalculator(model, device="cpu", compile=compile_)
     atoms = atoms.copy()
     atoms.calc = calc
     thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
@@ -102,7 +103,7 @@ def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) ->
 
 
 def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: bool) -> dict:
-    calc = MLIPCalculator(model, device="cpu", compile=compile_, tune_malloc=True)
+    calc = MLIPCalculator(model, device="cpu", compile=compile_)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
     run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)
@@ -120,10 +121,11 @@ def allocator_setting() -> str:
         return "glibc tuned by environment (MALLOC_MMAP_MAX_=0)"
     if os.environ.get("MLIP_NO_MALLOC_TUNING"):
         return "glibc default (MLIP_NO_MALLOC_TUNING=1)"
-    return "glibc tuned in-process by MLIPCalculator (no mmap, no trim)"
+    return "glibc tuned in-process by this tool (no mmap, no trim)"
 
 
 def main() -> None:
+    tune_glibc_malloc()  # this tool's own process (a no-op with MLIP_NO_MALLOC_TUNING=1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")

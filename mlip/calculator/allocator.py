@@ -5,9 +5,9 @@ kernel on each call; on the 960-atom acac box that doubled MD step time (kernel 
 MACE and for mlip alike. Keeping large blocks on the heap (M_MMAP_MAX = 0) and never
 trimming it (a huge M_TRIM_THRESHOLD) is what ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=100000000000`` does from the environment; this does it in-process.
-It changes a process-wide setting, so nothing calls it unless asked:
-``MLIPCalculator(tune_malloc=True)``, or ``mlip md`` for its own process (``--no-malloc-tuning``
-or ``MLIP_NO_MALLOC_TUNING=1`` to opt out). A no-op off glibc.
+It changes a process-wide setting, so the library never calls it: a script calls it for its
+own process, and ``mlip md`` does for its own (``--no-malloc-tuning`` or
+``MLIP_NO_MALLOC_TUNING=1`` to opt out). A no-op off glibc.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import chemical_symbols
 
-from mlip.calculator.allocator import tune_glibc_malloc
 from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
 from mlip.graph.skin import SkinNeighborList
@@ -94,9 +93,6 @@ class MLIPCalculator(Calculator):
         min_distance: raise when two atoms are closer than this [Å]; None disables.
         compile: torch.compile the backbone for inference (dynamic shapes; the first
             calls compile, 1-3 minutes on CPU).
-        tune_malloc: keep freed memory in the process (glibc, see
-            :mod:`mlip.calculator.allocator`): up to 2x faster on large cells, but it changes
-            a process-wide setting, so it is off unless asked (``mlip md`` asks).
 
     Attributes:
         num_builds: neighbour-list builds so far.
@@ -115,12 +111,9 @@ class MLIPCalculator(Calculator):
         skin: float = 0.5,
         min_distance: float | None = 0.5,
         compile: bool = False,
-        tune_malloc: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        if tune_malloc:
-            tune_glibc_malloc()
+        super().__init__(**kwargs)  # changes no process-wide setting (see mlip.calculator.allocator)
         self.device = resolve_device(device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)

@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.no_malloc_tuning:  # this CLI process only: see mlip.calculator.allocator
+        from mlip.calculator.allocator import tune_glibc_malloc
+
+        tune_glibc_malloc()
     checks = {"--steps": args.steps >= 0, "--log-every": args.log_every >= 1,
               "--replicas": args.replicas >= 1, "--timestep": args.timestep > 0}
     for flag, ok in checks.items():
@@ -81,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     atoms.calc = None
     try:
         calc = MLIPCalculator(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
-                              min_distance=args.min_distance or None, compile=args.compile,
-                              # this process only: see mlip.calculator.allocator
-                              tune_malloc=not args.no_malloc_tuning)
+                              min_distance=args.min_distance or None, compile=args.compile)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise CliError(f"cannot load model {args.model}: {err}") from err
     settings = MDSettings(
