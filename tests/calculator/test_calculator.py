@@ -26,7 +26,7 @@ from mlip.graph.build import atoms_to_batch
 from mlip.model.io import save_model
 
 
-def test_calculator_equals_model(trained_acac_model, copper_model, shared_data):
+def test_calculator_equals_model(trained_acac_model, copper_model, tiny):
     model, frames = trained_acac_model
     atoms = frames[3].copy()
     atoms.calc = MLIPCalculator(model, device="cpu")
@@ -36,7 +36,7 @@ def test_calculator_equals_model(trained_acac_model, copper_model, shared_data):
     np.testing.assert_allclose(atoms.get_potential_energies().sum(), atoms.get_potential_energy())
     with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()
-    cu = ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", 6)
+    cu = ase.io.read(tiny / "cu_emt_10.xyz", 6)
     cu.calc = MLIPCalculator(copper_model, device="cpu")
     ref = copper_model(atoms_to_batch([cu], copper_model.cutoff, dtype=torch.float64),
                        compute_stress=True)
@@ -61,8 +61,8 @@ def test_forces_match_finite_differences_through_calculator(trained_acac_model):
         assert -sum(energies) == pytest.approx(forces[i, k], abs=1e-7)
 
 
-def test_stress_matches_strained_cells(copper_model, shared_data):
-    cu = ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", 6)  # sheared, non-orthogonal
+def test_stress_matches_strained_cells(copper_model, tiny):
+    cu = ase.io.read(tiny / "cu_emt_10.xyz", 6)  # sheared, non-orthogonal
     cu.calc = MLIPCalculator(copper_model, device="cpu")
     stress = cu.get_stress(voigt=False)
     volume, h = cu.get_volume(), 1e-4

@@ -28,9 +28,9 @@ def _files(directory: Path) -> list[str]:
     ],
 )
 def test_bad_frame_aborts_with_one_line(
-    tmp_path: Path, shared_data: Path, capsys, name: str, frame: int, problem: str
+    tmp_path: Path, tiny: Path, capsys, name: str, frame: int, problem: str
 ) -> None:
-    source = shared_data / "tiny" / name
+    source = tiny / name
     out = tmp_path / "out.lmdb"
     assert main(["data", "convert", str(source), "-o", str(out)]) == 1
     err = capsys.readouterr().err
@@ -45,9 +45,9 @@ def test_bad_frame_aborts_with_one_line(
     [("malformed.xyz", 1, 1), ("nan_forces.xyz", 2, 1), ("no_forces.xyz", 3, 0)],
 )
 def test_skip_invalid(
-    tmp_path: Path, shared_data: Path, capsys, name: str, kept: int, skipped: int
+    tmp_path: Path, tiny: Path, capsys, name: str, kept: int, skipped: int
 ) -> None:
-    source = shared_data / "tiny" / name
+    source = tiny / name
     out = tmp_path / "out.lmdb"
     assert main(["data", "convert", str(source), "-o", str(out), "--skip-invalid"]) == 0
     captured = capsys.readouterr()
@@ -66,8 +66,8 @@ def test_skip_invalid(
     assert _files(tmp_path) == ["out.lmdb"]
 
 
-def test_several_inputs_overwrite_and_info(tmp_path: Path, shared_data: Path, capsys) -> None:
-    tiny = shared_data / "tiny"
+def test_several_inputs_overwrite_and_info(tmp_path: Path, tiny: Path, capsys) -> None:
+    tiny = tiny
     out = tmp_path / "all.lmdb"
     args = [
         "data",
@@ -145,15 +145,15 @@ def test_ase_formats_and_energy_key(tmp_path: Path, capsys, suffix: str) -> None
     assert all(s.forces is not None for s in dataset)
 
 
-def test_unknown_energy_key_warns(tmp_path: Path, shared_data: Path, capsys) -> None:
+def test_unknown_energy_key_warns(tmp_path: Path, tiny: Path, capsys) -> None:
     out = tmp_path / "o.lmdb"
-    source = shared_data / "tiny" / "no_forces.xyz"
+    source = tiny / "no_forces.xyz"
     assert main(["data", "convert", str(source), "-o", str(out), "--energy-key", "typo"]) == 0
     assert "--energy-key 'typo' matched no frame" in capsys.readouterr().err
 
 
 def test_statistics_in_the_same_pass(
-    tmp_path: Path, shared_data: Path, capsys, monkeypatch
+    tmp_path: Path, tiny: Path, bundled_acac: Path, capsys, monkeypatch
 ) -> None:
     from mlip.cli import data as cli_data
 
@@ -163,8 +163,8 @@ def test_statistics_in_the_same_pass(
 
     monkeypatch.setattr(cli_data, "_neighbor_counter", lambda: count_all_pairs)
     out = tmp_path / "s.lmdb"
-    source = shared_data / "tiny" / "acac_20.xyz"
-    e0s = shared_data / "acac" / "isolated_atoms.xyz"
+    source = tiny / "acac_20.xyz"
+    e0s = bundled_acac / "isolated_atoms.xyz"
     argv = ["data", "convert", str(source), "-o", str(out), "--cutoff", "5", "--e0s", str(e0s)]
     assert main(argv) == 0
     capsys.readouterr()
@@ -175,18 +175,18 @@ def test_statistics_in_the_same_pass(
     assert "metadata 'statistics/split=all/cutoff=5'" in capsys.readouterr().out
 
 
-def test_e0_file_missing_an_element(tmp_path: Path, shared_data: Path, capsys) -> None:
+def test_e0_file_missing_an_element(tmp_path: Path, tiny: Path, capsys) -> None:
     out = tmp_path / "o.lmdb"
-    source = shared_data / "tiny" / "acac_20.xyz"
-    e0s = shared_data / "cu_emt" / "isolated_atoms.xyz"
+    source = tiny / "acac_20.xyz"
+    e0s = tiny / "cu_isolated_atom.xyz"
     assert main(["data", "convert", str(source), "-o", str(out), "--e0s", str(e0s)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "no E0 for H (Z=1), C (Z=6), O (Z=8)" in err and "isolated_atoms.xyz" in err
+    assert "no E0 for H (Z=1), C (Z=6), O (Z=8)" in err and "cu_isolated_atom.xyz" in err
     assert _files(tmp_path) == []
 
 
-def test_interrupted_conversion_leaves_nothing(tmp_path: Path, shared_data: Path) -> None:
+def test_interrupted_conversion_leaves_nothing(tmp_path: Path, tiny: Path) -> None:
     from mlip.data.convert import convert
 
     def interrupt_at_fifth(structure, cutoff: float) -> int:
@@ -198,7 +198,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path: Path, shared_data: Path
     out = tmp_path / "o.lmdb"
     with pytest.raises(KeyboardInterrupt):
         convert(
-            [shared_data / "tiny" / "acac_20.xyz"],
+            [tiny / "acac_20.xyz"],
             out,
             cutoff=5.0,
             neighbor_counter=interrupt_at_fifth,

@@ -24,36 +24,36 @@ from mlip.data.structure import Structure
 
 
 @pytest.fixture(scope="module")
-def acac_train(shared_data: Path) -> list:
-    return list(iter_structures(shared_data / "acac" / "train_300K.xyz"))
+def acac_train(bundled_acac: Path) -> list:
+    return list(iter_structures(bundled_acac / "train_300K.xyz"))
 
 
 def _reference_isolated_energies(path: Path) -> dict[int, float]:
     return {int(a.numbers[0]): a.get_potential_energy() for a in ase.io.read(path, ":")}
 
 
-def test_e0s_from_file(shared_data: Path) -> None:
-    path = shared_data / "acac" / "isolated_atoms.xyz"
+def test_e0s_from_file(bundled_acac: Path) -> None:
+    path = bundled_acac / "isolated_atoms.xyz"
     e0s = e0s_from_file(path)
     assert e0s == _reference_isolated_energies(path)
     assert list(e0s) == [1, 6, 8]
 
 
-def test_e0_file_must_hold_single_atoms(tmp_path: Path, shared_data: Path) -> None:
+def test_e0_file_must_hold_single_atoms(tmp_path: Path, tiny: Path) -> None:
     with pytest.raises(ValueError, match=r"acac_20\.xyz, frame 0: .*has 15"):
-        e0s_from_file(shared_data / "tiny" / "acac_20.xyz")
+        e0s_from_file(tiny / "acac_20.xyz")
     bare = tmp_path / "bare.xyz"
     ase.io.write(bare, Atoms("H"))
     with pytest.raises(ValueError, match=r"bare\.xyz, frame 0: isolated atom has no energy"):
         e0s_from_file(bare)
 
 
-def test_statistics_with_file_e0s_match_numpy(shared_data: Path, acac_train: list) -> None:
-    e0_path = shared_data / "acac" / "isolated_atoms.xyz"
+def test_statistics_with_file_e0s_match_numpy(bundled_acac: Path, acac_train: list) -> None:
+    e0_path = bundled_acac / "isolated_atoms.xyz"
     e0 = _reference_isolated_energies(e0_path)
     stats = compute_statistics(acac_train, e0s=e0s_from_file(e0_path))
 
-    frames = ase.io.read(shared_data / "acac" / "train_300K.xyz", ":")
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":")
     energies = np.array([a.get_potential_energy() for a in frames])
     e0_sum = np.array([sum(e0[z] for z in a.numbers) for a in frames])
     natoms = np.array([len(a) for a in frames])
@@ -68,8 +68,8 @@ def test_statistics_with_file_e0s_match_numpy(shared_data: Path, acac_train: lis
     assert stats.avg_num_neighbors is None and stats.cutoff is None
 
 
-def test_least_squares_e0s_match_numpy(acac_train: list, shared_data: Path) -> None:
-    cu = list(iter_structures(shared_data / "tiny" / "cu_emt_10.xyz"))
+def test_least_squares_e0s_match_numpy(acac_train: list, tiny: Path) -> None:
+    cu = list(iter_structures(tiny / "cu_emt_10.xyz"))
     structures = acac_train + cu  # two compositions plus Cu; acac alone is rank-deficient
     species = [1, 6, 8, 29]
     a = np.array([[np.sum(s.numbers == z) for z in species] for s in structures], dtype=float)

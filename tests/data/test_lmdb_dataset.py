@@ -37,7 +37,7 @@ def _write(path: Path, structures, **kwargs) -> None:
 
 @pytest.mark.parametrize(
     ("folder", "relpath"),
-    [("bundled_acac", "train_300K.xyz"), ("shared_data", "cu_emt/test.xyz")],
+    [("bundled_acac", "train_300K.xyz"), ("tiny", "cu_emt_10.xyz")],
     ids=["acac", "cu_emt"],
 )
 def test_round_trip_bit_exact(
@@ -68,10 +68,10 @@ def test_round_trip_random_structures(tmp_path: Path, random_structure, assert_i
     assert stored.spin_multiplicity == 3.0
 
 
-def test_header(tmp_path: Path, shared_data: Path) -> None:
-    acac = list(iter_structures(shared_data / "tiny" / "acac_20.xyz"))
-    cu = list(iter_structures(shared_data / "tiny" / "cu_emt_10.xyz"))
-    no_forces = list(iter_structures(shared_data / "tiny" / "no_forces.xyz"))
+def test_header(tmp_path: Path, tiny: Path) -> None:
+    acac = list(iter_structures(tiny / "acac_20.xyz"))
+    cu = list(iter_structures(tiny / "cu_emt_10.xyz"))
+    no_forces = list(iter_structures(tiny / "no_forces.xyz"))
     structures = acac + cu + no_forces
     out = tmp_path / "h.lmdb"
     _write(out, structures, key_mapping={"energy": "REF_energy", "forces": None, "stress": None})
@@ -96,7 +96,7 @@ def test_header(tmp_path: Path, shared_data: Path) -> None:
     assert header["creator"] == f"mlip {__version__}"
     assert header["created"].endswith("Z")
     assert header["sources"] == [
-        str(shared_data / "tiny" / f) for f in ("acac_20.xyz", "cu_emt_10.xyz", "no_forces.xyz")
+        str(tiny / f) for f in ("acac_20.xyz", "cu_emt_10.xyz", "no_forces.xyz")
     ]
     energies = np.array([s.energy for s in structures])
     stats = header["label_statistics"]
@@ -116,9 +116,9 @@ def _read_batch(batch: list) -> list:
 
 
 def test_dataloader_workers_read_everything_once(
-    tmp_path: Path, shared_data: Path, assert_identical
+    tmp_path: Path, tiny: Path, assert_identical
 ) -> None:
-    originals = list(iter_structures(shared_data / "tiny" / "acac_20.xyz"))
+    originals = list(iter_structures(tiny / "acac_20.xyz"))
     out = tmp_path / "w.lmdb"
     _write(out, originals)
     dataset = LmdbDataset(out)

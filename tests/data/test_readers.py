@@ -14,8 +14,8 @@ from mlip.data.readers import FrameReadError, iter_structures
 from mlip.data.structure import InvalidStructureError
 
 
-def test_acac_frames(shared_data: Path) -> None:
-    path = shared_data / "tiny" / "acac_20.xyz"
+def test_acac_frames(tiny: Path) -> None:
+    path = tiny / "acac_20.xyz"
     structures = list(iter_structures(path))
     reference = ase.io.read(path, ":")
     assert len(structures) == 20
@@ -30,8 +30,8 @@ def test_acac_frames(shared_data: Path) -> None:
         assert (s.charge, s.spin_multiplicity) == (0.0, 1.0)
 
 
-def test_cu_stress_is_3x3(shared_data: Path) -> None:
-    path = shared_data / "tiny" / "cu_emt_10.xyz"
+def test_cu_stress_is_3x3(tiny: Path) -> None:
+    path = tiny / "cu_emt_10.xyz"
     s = next(iter_structures(path))
     atoms = ase.io.read(path, 0)
     np.testing.assert_allclose(s.stress, atoms.get_stress(voigt=False), rtol=0, atol=1e-15)
@@ -39,14 +39,14 @@ def test_cu_stress_is_3x3(shared_data: Path) -> None:
     assert s.pbc.all() and s.stress.shape == (3, 3)
 
 
-def test_no_forces_is_not_an_error(shared_data: Path) -> None:
-    structures = list(iter_structures(shared_data / "tiny" / "no_forces.xyz"))
+def test_no_forces_is_not_an_error(tiny: Path) -> None:
+    structures = list(iter_structures(tiny / "no_forces.xyz"))
     assert len(structures) == 3
     assert all(s.forces is None and s.energy is not None for s in structures)
 
 
-def test_nan_forces_fail_validation(shared_data: Path) -> None:
-    path = shared_data / "tiny" / "nan_forces.xyz"
+def test_nan_forces_fail_validation(tiny: Path) -> None:
+    path = tiny / "nan_forces.xyz"
     frames = iter_structures(path)
     assert next(frames).frame == 0
     with pytest.raises(
@@ -56,8 +56,8 @@ def test_nan_forces_fail_validation(shared_data: Path) -> None:
     assert len(list(iter_structures(path, validate=False))) == 3
 
 
-def test_malformed_frame_names_file_and_frame(shared_data: Path) -> None:
-    frames = iter_structures(shared_data / "tiny" / "malformed.xyz")
+def test_malformed_frame_names_file_and_frame(tiny: Path) -> None:
+    frames = iter_structures(tiny / "malformed.xyz")
     assert next(frames).frame == 0
     with pytest.raises(
         FrameReadError, match=r"malformed\.xyz, frame 1: .*9 atoms, expected 15"
@@ -127,8 +127,8 @@ def test_unconvertible_value_names_frame(tmp_path: Path) -> None:
         next(iter_structures(path))
 
 
-def test_broken_count_line_names_its_frame(tmp_path: Path, shared_data: Path) -> None:
-    good = (shared_data / "tiny" / "acac_20.xyz").read_text()
+def test_broken_count_line_names_its_frame(tmp_path: Path, tiny: Path) -> None:
+    good = (tiny / "acac_20.xyz").read_text()
     path = tmp_path / "bad_count.xyz"
     path.write_text(good + "abc\n" + good)
     with pytest.raises(FrameReadError, match=r"bad_count\.xyz, frame 20: .*Expected xyz header"):

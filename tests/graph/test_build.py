@@ -14,13 +14,13 @@ from mlip.graph.edges import edge_vectors
 from mlip.graph.stats import average_num_neighbors
 
 
-def frames(shared_data):
-    return (ase.io.read(shared_data / "tiny" / "acac_20.xyz", ":2")
-            + ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", ":2"))
+def frames(tiny):
+    return (ase.io.read(tiny / "acac_20.xyz", ":2")
+            + ase.io.read(tiny / "cu_emt_10.xyz", ":2"))
 
 
-def test_batch_fields_and_offsets(shared_data):
-    atoms = frames(shared_data)
+def test_batch_fields_and_offsets(tiny):
+    atoms = frames(tiny)
     data = atoms_to_batch(atoms, 4.0, dtype=torch.float64)
     sizes = [len(a) for a in atoms]
     assert data[keys.NUM_ATOMS].tolist() == sizes
@@ -46,8 +46,8 @@ def test_batch_fields_and_offsets(shared_data):
         assert int(ei[:, b[ei[1]] == k].min()) >= start[k]
 
 
-def test_edge_vectors_are_differentiable(shared_data):
-    data = atoms_to_batch(frames(shared_data)[2:], 4.0, dtype=torch.float64)
+def test_edge_vectors_are_differentiable(tiny):
+    data = atoms_to_batch(frames(tiny)[2:], 4.0, dtype=torch.float64)
     pos = data[keys.POSITIONS].requires_grad_(True)
     cell = data[keys.CELL].requires_grad_(True)
     vec = edge_vectors(pos, data[keys.EDGE_INDEX], data[keys.CELL_SHIFTS], cell, data[keys.BATCH])
@@ -55,8 +55,8 @@ def test_edge_vectors_are_differentiable(shared_data):
     assert gp.abs().sum() > 0 and gc.abs().sum() > 0
 
 
-def test_collate_round_trip_and_avg_neighbors(shared_data):
-    atoms = frames(shared_data)
+def test_collate_round_trip_and_avg_neighbors(tiny):
+    atoms = frames(tiny)
     structures = [atoms_to_structure(a) for a in atoms]
     data = collate([structure_graph(s, 4.0) for s in structures])
     assert set(data) >= {keys.POSITIONS, keys.EDGE_INDEX, keys.BATCH, keys.CELL_SHIFTS}

@@ -94,8 +94,8 @@ def test_matches_brute_force(case, backend, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["vesin", "torch"])
-def test_cu_shear_frame(shared_data, backend, monkeypatch):
-    atoms = ase.io.read(shared_data / "tiny" / "cu_emt_10.xyz", 6)  # a shear frame
+def test_cu_shear_frame(tiny, backend, monkeypatch):
+    atoms = ase.io.read(tiny / "cu_emt_10.xyz", 6)  # a shear frame
     args = (atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
     monkeypatch.setattr(neighbors, "DENSE_PAIR_LIMIT", 0)
     ref = via_ase(*args)

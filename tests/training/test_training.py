@@ -1,5 +1,5 @@
 """Training: overfitting, the train CLI end to end, checkpoint -> model file round trip,
-exact resume, and a 2-process DDP run."""
+exact resume, and a 2-process DDP run (config writer and folder: tests/training/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -49,39 +48,8 @@ def test_overfit_five_frames(bundled_acac):
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 
-def write_config(tmp_path: Path, shared_data: Path, **training) -> Path:
-    config = {
-        "run_name": "tiny",
-        "output_dir": str(tmp_path / "runs"),
-        "seed": 1,
-        "data": {"train": str(shared_data / "tiny" / "acac_20.xyz"), "val_size": 6,
-                 "test": [str(shared_data / "tiny" / "acac_20.xyz")],
-                 "e0s": str(shared_data / "acac" / "isolated_atoms.xyz"),
-                 "batch_size": 4, "val_batch_size": 3, "cutoff": 4.0},
-        "model": {"dtype": "float64", "backbone": TINY_BACKBONE},
-        "training": {"max_epochs": 2, "lr": 0.005, "enable_progress_bar": False,
-                     "threads": 1, "stage_two_start": 1, "log_every_n_steps": 1, **training},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture
-def tiny_data(shared_data, tmp_path, monkeypatch):
-    """Work on a copy of the tiny acac file so the LMDB cache lands in tmp_path."""
-    src = shared_data / "tiny" / "acac_20.xyz"
-    (tmp_path / "tiny").mkdir()
-    (tmp_path / "acac").mkdir()
-    (tmp_path / "tiny" / "acac_20.xyz").write_bytes(src.read_bytes())
-    (tmp_path / "acac" / "isolated_atoms.xyz").write_bytes(
-        (shared_data / "acac" / "isolated_atoms.xyz").read_bytes())
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def test_train_cli_writes_run_and_model_round_trips(tiny_data, capsys):
-    cfg = write_config(tiny_data, tiny_data)
+def test_train_cli_writes_run_and_model_round_trips(tiny_data, write_config, capsys):
+    cfg = write_config(tiny_data)
     assert main(["train", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "held-out force MAE on acac_20.xyz" in out
@@ -115,15 +83,28 @@ def test_train_cli_writes_run_and_model_round_trips(tiny_data, capsys):
     assert main(["eval", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
                  "--json", str(js), "--plots", str(tiny_data / "plots")]) == 0
     result = json.loads(js.read_text())["results"][0]
-    assert result["structures"] == 20 and result["f_mae"] > 0
+    assert result["structures"] == 20 and result["atoms"] == 300
+    # The reported errors equal an independent computation from the model's predictions on
+    # the frames as ASE reads them (meV, meV/Å).
+    frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":")
+    model = load_model(run / "model.pt")
+    pred = model(atoms_to_batch(frames, model.cutoff, dtype=torch.float64))
+    f_ref = np.concatenate([a.get_forces() for a in frames])
+    e_ref = np.array([a.get_potential_energy() for a in frames])
+    f_err = pred[keys.FORCES].detach().numpy() - f_ref
+    e_err = pred[keys.ENERGY].detach().numpy() - e_ref
+    assert result["f_mae"] == pytest.approx(1000 * np.abs(f_err).mean(), rel=1e-9)
+    assert result["f_rmse"] == pytest.approx(1000 * np.sqrt(np.mean(f_err**2)), rel=1e-9)
+    assert result["e_mae"] == pytest.approx(1000 * np.abs(e_err).mean(), rel=1e-9)
+    assert result["e_mae_per_atom"] == pytest.approx(1000 * np.abs(e_err / 15).mean(), rel=1e-9)
     assert (tiny_data / "plots" / "acac_20_forces.png").is_file()
 
 
-def test_eval_energy_only_file(tiny_data, shared_data, capsys):
-    cfg = write_config(tiny_data, tiny_data, max_epochs=1)
+def test_eval_energy_only_file(tiny_data, write_config, tiny, capsys):
+    cfg = write_config(tiny_data, max_epochs=1)
     assert main(["train", "--config", str(cfg), "data.test=[]"]) == 0
     no_forces = tiny_data / "no_forces.xyz"
-    no_forces.write_bytes((shared_data / "tiny" / "no_forces.xyz").read_bytes())
+    no_forces.write_bytes((tiny / "no_forces.xyz").read_bytes())
     js = tiny_data / "e.json"
     assert main(["eval", str(tiny_data / "runs" / "tiny" / "model.pt"), str(no_forces),
                  "--json", str(js)]) == 0
@@ -131,9 +112,9 @@ def test_eval_energy_only_file(tiny_data, shared_data, capsys):
     assert "e_mae" in result and "f_mae" not in result
 
 
-def test_resume_continues_exactly(tiny_data):
+def test_resume_continues_exactly(tiny_data, write_config):
     """2 epochs straight == 1 epoch, then --resume to 2 (weights, EMA and optimiser)."""
-    cfg = write_config(tiny_data, tiny_data)
+    cfg = write_config(tiny_data)
     assert main(["train", "--config", str(cfg), "run_name=straight"]) == 0
     assert main(["train", "--config", str(cfg), "run_name=split",
                  "training.max_epochs=1"]) == 0
@@ -150,9 +131,9 @@ def test_resume_continues_exactly(tiny_data):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tiny_data):
+def test_ddp_two_cpu_processes(tiny_data, write_config):
     """Two gloo processes: metrics are reduced over both ranks, one model file is written."""
-    cfg = write_config(tiny_data, tiny_data, max_epochs=1, accelerator="cpu", devices=2,
+    cfg = write_config(tiny_data, max_epochs=1, accelerator="cpu", devices=2,
                        strategy="ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     proc = subprocess.run(
@@ -175,11 +156,12 @@ TINY_TRANSIP = {"class_path": "mlip.backbones.transip.TransIPBackbone",
 
 
 @pytest.mark.parametrize("direct_forces", [False, True])
-def test_transip_trains_with_objective_and_runs_md(tiny_data, capsys, direct_forces):
+def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, capsys,
+                                                  direct_forces):
     """TransIP through the same CLI: train with augmentation + the learned-equivariance
     objective (logged), then `mlip md` with the exported model (conservative forces, or the
     direct force head)."""
-    cfg = write_config(tiny_data, tiny_data, augment_rotations=True, equivariance_weight=1.0)
+    cfg = write_config(tiny_data, augment_rotations=True, equivariance_weight=1.0)
     config = yaml.safe_load(cfg.read_text())
     config["model"]["backbone"] = {"class_path": TINY_TRANSIP["class_path"],
                                    "init_args": {**TINY_TRANSIP["init_args"],

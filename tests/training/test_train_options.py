@@ -1,0 +1,43 @@
+"""The train CLI's scheduler choices (``cosine``, ``none``) and ``data.max_train``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlip.cli.main import main
+
+
+def _logged_learning_rates(run) -> list[float]:
+    """The per-epoch learning rates Lightning's LearningRateMonitor wrote to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "tensorboard").glob("events.out.tfevents.*"))))
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.startswith("lr")]
+    return [s.value for s in sorted(events.Scalars(tag), key=lambda s: s.step)]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "expected"),
+    # lr 0.005, 2 epochs: cosine annealing over T_max = max_epochs gives
+    # 0.005 (1 + cos(pi k / 2)) / 2 in epoch k; "none" keeps the rate.
+    [("cosine", [0.005, 0.0025]), ("none", [0.005, 0.005])],
+)
+def test_scheduler_and_max_train(tiny_data, write_config, capsys, scheduler, expected):
+    cfg = write_config(tiny_data, scheduler=scheduler, stage_two_start=None)
+    assert main(["train", "--config", str(cfg), "data.max_train=5", "data.test=[]"]) == 0
+    assert "5 train / 6 val structures" in capsys.readouterr().out
+    run = tiny_data / "runs" / "tiny"
+    assert _logged_learning_rates(run) == pytest.approx(expected, rel=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["train_structures"] == 5
+    assert summary["last_metrics"]["train"]["structures"] == 5  # of the 14 left after val
+    assert summary["last_metrics"]["val"]["structures"] == 6
+
+
+def test_unknown_scheduler_is_refused(tiny_data, write_config, capsys):
+    cfg = write_config(tiny_data, scheduler="exponential")
+    assert main(["train", "--config", str(cfg)]) == 1
+    assert "unknown scheduler 'exponential': use plateau, cosine or none" in capsys.readouterr().err
