@@ -8,10 +8,28 @@ see :func:`load_config`); everything else is plain data.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, also reading ``1e-3``-style numbers as floats (YAML 1.1 wants
+    a dot, ``1.0e-3``, and would give the string "1e-3" for a learning rate)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text_or_stream) -> Any:
+    """Parse config YAML (safe: plain data only)."""
+    return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 DEFAULTS: dict[str, Any] = {
     "run_name": "run",
@@ -93,7 +111,7 @@ def apply_override(config: dict, override: str) -> None:
     if "=" not in override:
         raise ValueError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
-    value = yaml.safe_load(raw)
+    value = parse_yaml(raw)
     node = config
     parts = dotted.strip().split(".")
     for part in parts[:-1]:
@@ -147,7 +165,7 @@ def load_preset(name: str | Path, config_dir: Path | None) -> tuple[dict, dict]:
     """
     path = find_preset(name, config_dir)
     with open(path) as fh:
-        preset = yaml.safe_load(fh) or {}
+        preset = parse_yaml(fh) or {}
     if not isinstance(preset, dict) or "class_path" not in preset:
         raise ValueError(f"backbone preset {path}: expected a mapping with class_path and "
                          "init_args (see configs/backbone/*.yaml)")
@@ -238,7 +256,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         with open(path) as fh:
-            user = yaml.safe_load(fh) or {}
+            user = parse_yaml(fh) or {}
         if not isinstance(user, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
         unknown = set(user) - set(DEFAULTS)

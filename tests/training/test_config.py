@@ -80,3 +80,13 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="top level must be a mapping"):
         load_config(path)
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; configs and overrides read it as the number."""
+    from mlip.training.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 2e-3\n")
+    config = load_config(path, ["training.weight_decay=1e-5"])
+    assert config["training"]["lr"] == 0.002 and config["training"]["weight_decay"] == 1e-5
