@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mlip import __version__
+from mlip.data.structure import MAX_Z
 from mlip.model.build import build_potential
 from mlip.model.potential import Potential
 
@@ -24,9 +25,13 @@ _V1_EXACT = ("e0s", "factor_a", "factor_b", "factor_c", "fit_error")
 
 
 def _upgrade_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Version-1 state dict -> version 2 (exact buffers; the Z table had 120 rows, now
+    MAX_Z + 1 = 119)."""
     out = {}
     for key, value in state.items():
-        if key.rpartition(".")[2] in _V1_EXACT and value.is_floating_point():
+        if key == "z_to_species":
+            out[key] = value[: MAX_Z + 1]
+        elif key.rpartition(".")[2] in _V1_EXACT and value.is_floating_point():
             out[key + "_f64bits"] = value.to(torch.float64).contiguous().view(torch.int64)
         else:
             out[key] = value

@@ -171,3 +171,27 @@ def test_callers_model_untouched_and_cached(trained_acac_model):
     atoms.set_cell(atoms.cell.array + np.eye(3))  # a cell change forces a rebuild
     atoms.get_forces()
     assert calc.num_builds == 2
+
+
+def test_version_1_model_files_still_load(trained_acac_model, acac_backbone, tmp_path):
+    """Format 1 (before exact buffers: float64 E0s / CP factors as plain tensors, a 120-row
+    Z table) loads into today's Potential with identical predictions."""
+    model, frames = trained_acac_model
+    path = save_model(tmp_path / "m.pt", model, {"backbone": acac_backbone}, 12.0)
+    payload = torch.load(path, weights_only=True)
+    state = {}
+    for key, value in payload["state_dict"].items():
+        if key.endswith("_f64bits"):
+            state[key.removesuffix("_f64bits")] = value.view(torch.float64)
+        elif key == "z_to_species":
+            state[key] = torch.cat([value, torch.tensor([-1])])
+        else:
+            state[key] = value
+    payload.update(format_version=1, state_dict=state)
+    old = tmp_path / "v1.pt"
+    torch.save(payload, old)
+    a, b = frames[1].copy(), frames[1].copy()
+    a.calc = MLIPCalculator(path, device="cpu")
+    b.calc = MLIPCalculator(old, device="cpu")
+    assert a.get_potential_energy() == b.get_potential_energy()
+    np.testing.assert_array_equal(a.get_forces(), b.get_forces())
