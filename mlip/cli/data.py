@@ -73,21 +73,13 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def _neighbor_counter() -> Any:
-    """``mlip.graph.stats.count_edges`` if the graph layer provides it, else None."""
-    try:
-        from mlip.graph.stats import count_edges
-    except ImportError:
-        return None
-    return count_edges
-
-
 def run_convert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mlip.data.convert import convert
     from mlip.data.stats import MissingE0Error
     from mlip.data.structure import InvalidStructureError
+    from mlip.graph.stats import count_edges
 
     def report_skip(message: str) -> None:
         tqdm.write(f"mlip data: skipped {message}", file=sys.stderr)
@@ -103,7 +95,7 @@ def run_convert(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             e0s_file=args.e0s,
             cutoff=args.cutoff,
-            neighbor_counter=_neighbor_counter() if args.cutoff is not None else None,
+            neighbor_counter=count_edges if args.cutoff is not None else None,
             progress=not args.no_progress,
             on_skip=report_skip,
         )

@@ -95,12 +95,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def deep_update(base: dict, other: dict) -> dict:
-    """Recursively merge ``other`` into a copy of ``base``."""
+def deep_update(base: dict, other: dict, replace: frozenset[str] = frozenset({"init_args"})) -> dict:
+    """Recursively merge ``other`` into a copy of ``base``; mappings under a key in
+    ``replace`` are replaced whole (a full backbone block's init_args replace the defaults'),
+    with ``replace=frozenset()`` every mapping is merged (preset init_args)."""
     out = copy.deepcopy(base)
     for key, value in other.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "init_args":
-            out[key] = deep_update(out[key], value)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in replace:
+            out[key] = deep_update(out[key], value, replace)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -122,18 +124,6 @@ def apply_override(config: dict, override: str) -> None:
 
 
 PRESET_KEYS = frozenset({"class_path", "init_args", "training"})
-
-
-def deep_merge(base: dict, other: dict) -> dict:
-    """Recursively merge ``other`` into a copy of ``base``, descending into every mapping
-    (``init_args`` and ``tensor_product_args`` included; used for preset init_args)."""
-    out = copy.deepcopy(base)
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def find_preset(name: str | Path, config_dir: Path | None) -> Path:
@@ -199,7 +189,8 @@ def resolve_backbone(backbone: Any, config_dir: Path | None) -> tuple[Any, dict]
                 "{class_path, init_args} block instead of a preset"
             )
         block, training = load_preset(backbone["preset"], config_dir)
-        block["init_args"] = deep_merge(block["init_args"], backbone.get("init_args") or {})
+        block["init_args"] = deep_update(block["init_args"], backbone.get("init_args") or {},
+                                         replace=frozenset())
         return block, training
     return backbone, {}
 
