@@ -155,13 +155,13 @@ def test_unknown_energy_key_warns(tmp_path: Path, tiny: Path, capsys) -> None:
 def test_statistics_in_the_same_pass(
     tmp_path: Path, tiny: Path, bundled_acac: Path, capsys, monkeypatch
 ) -> None:
-    from mlip.cli import data as cli_data
+    from mlip.graph import stats as graph_stats
 
     def count_all_pairs(structure, cutoff: float) -> int:
         n = structure.num_atoms
         return n * (n - 1)
 
-    monkeypatch.setattr(cli_data, "_neighbor_counter", lambda: count_all_pairs)
+    monkeypatch.setattr(graph_stats, "count_edges", count_all_pairs)
     out = tmp_path / "s.lmdb"
     source = tiny / "acac_20.xyz"
     e0s = bundled_acac / "isolated_atoms.xyz"
