@@ -60,7 +60,7 @@ def build_potential(
     )
     potential = Potential(
         backbone, atomic_numbers, e0s, scale=scale, shift=shift, cutoff=cutoff,
-        avg_num_neighbors=avg_num_neighbors,
+        avg_num_neighbors=avg_num_neighbors, repulsion=model_config.get("repulsion"),
     )
     if prepare:
         potential.prepare()

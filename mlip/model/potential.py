@@ -25,6 +25,7 @@ from mlip.backbones.base import Backbone
 from mlip.data import keys
 from mlip.data.structure import MAX_Z
 from mlip.graph.edges import edge_vectors
+from mlip.model.repulsion import ZBLRepulsion
 from mlip.ops.buffers import exact, register_exact
 from mlip.ops.radial import PolynomialCutoff
 from mlip.ops.scatter import scatter_sum
@@ -46,6 +47,8 @@ class Potential(nn.Module):
         shift: per-atom energy shift at average coordination [eV].
         cutoff: graph cutoff [Å] the model was trained with.
         avg_num_neighbors: average neighbour count of the training data.
+        repulsion: keyword arguments of a :class:`~mlip.model.repulsion.ZBLRepulsion` added
+            to the per-atom energies (``{}`` for its defaults), or None for none.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Potential(nn.Module):
         shift: float = 0.0,
         cutoff: float = 5.0,
         avg_num_neighbors: float = 1.0,
+        repulsion: dict | None = None,
     ) -> None:
         super().__init__()
         if len(atomic_numbers) != len(e0s):
@@ -76,6 +80,7 @@ class Potential(nn.Module):
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
         self.envelope = PolynomialCutoff(cutoff)
+        self.repulsion = None if repulsion is None else ZBLRepulsion(self.atomic_numbers, **repulsion)
         self._reference: tuple[tuple, torch.Tensor] | None = None
 
     @property
@@ -189,9 +194,12 @@ class Potential(nn.Module):
         inputs.update({keys.SPECIES: species, keys.EDGE_VECTORS: vectors})
         out = self.backbone(inputs)
         receiver = data[keys.EDGE_INDEX][1]
-        coordination = scatter_sum(self.envelope(vectors.norm(dim=-1)), receiver, pos.shape[0])
+        lengths = vectors.norm(dim=-1)
+        coordination = scatter_sum(self.envelope(lengths), receiver, pos.shape[0])
         interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
         atomic = (self.scale * interaction + self.shift * self.inv_avg_neighbors * coordination)
+        if self.repulsion is not None:
+            atomic = atomic + self.repulsion(lengths, species, data[keys.EDGE_INDEX], pos.shape[0])
         atomic = atomic.double() + self.e0s[species]
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {k: v for k, v in out.items() if k not in (keys.NODE_ENERGIES, keys.DIRECT_FORCES)}

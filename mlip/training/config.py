@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
             "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
             "init_args": {},
         },
+        # ZBL nuclear repulsion switched off inside bonds (mlip.model.repulsion), e.g.
+        # {inner: 0.35, outer: 0.6}; None: none.
+        "repulsion": None,
     },
     "training": {
         "max_epochs": 100,
