@@ -63,6 +63,13 @@ def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: 
     torch.manual_seed(0)
     model = build_potential(config["model"], elements, [e_iso[z] + inter for z in elements], 1.0, 0.0,
                             config["data"]["cutoff"], 12.0)
+    if model.repulsion is not None and model.repulsion.reference == "data":
+        from mlip.data.structure import Structure
+        from mlip.graph.stats import shortest_pair_distances
+
+        structures = [Structure(numbers=a.numbers, positions=a.positions, cell=a.cell.array,
+                                pbc=a.pbc) for a in frames]
+        model.repulsion.set_reference(shortest_pair_distances(structures, model.cutoff), model.cutoff)
     batches = [atoms_to_batch(frames[k:k + 2], model.cutoff, dtype=torch.float32)
                for k in range(0, len(frames), 2)]
     opt = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -8,6 +8,9 @@ Receives (``forward(data)``), see :mod:`mlip.data.keys`:
     SPECIES (N,) int64 element index, EDGE_INDEX (2, E), EDGE_VECTORS (E, 3) [Å] (recomputed
     by the Potential from positions, so forces and stress flow through them), BATCH (N,),
     and the rest of the batch. Edges are the cutoff graph; never build another one.
+    Optional EDGE_WEIGHTS (E,) in [0, 1]: multiply them into the cutoff envelope, so an edge
+    of weight 0 contributes nothing (the Potential fades edges out of the learned part
+    inside the ZBL core, far inside bonds, where no training data lies).
 
 Returns a dict with:
     NODE_ENERGIES (N,): required, per-atom energies before scale/shift (the model dtype).

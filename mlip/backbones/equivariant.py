@@ -201,6 +201,8 @@ class EquivariantBackbone(Backbone):
         onehot = torch.nn.functional.one_hot(species, self.embedding.shape[0]).to(vectors.dtype)
         edge_sh = spherical_harmonics(vectors, self.lmax_sh)
         edge_radial = self.radial_embedding(lengths)
+        if keys.EDGE_WEIGHTS in data:  # the radial MLP is bias-free: weight 0, no message
+            edge_radial = edge_radial * data[keys.EDGE_WEIGHTS].unsqueeze(-1)
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
         for layer, readout in zip(self.layers, self.readouts, strict=True):

@@ -158,6 +158,9 @@ class TransIPBackbone(Backbone):
         sender, receiver = data[keys.EDGE_INDEX][0], data[keys.EDGE_INDEX][1]
         vectors = data[keys.EDGE_VECTORS]
         edge_raw, u = edge_geometry(vectors, self.basis, self.envelope)
+        if keys.EDGE_WEIGHTS in data:
+            w = data[keys.EDGE_WEIGHTS]
+            edge_raw, u = edge_raw * w.unsqueeze(-1), u * w
         edge = self.edge_mlp(edge_raw)
         h = self.element_embedding(species).to(vectors.dtype)
         for block in self.blocks:

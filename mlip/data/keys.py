@@ -21,6 +21,7 @@ EDGE_INDEX = "edge_index"  # (2, E) int64 | (sender j, receiver i)
 CELL_SHIFTS = "cell_shifts"  # (E, 3) float | integer image shifts of the sender [cells]
 EDGE_VECTORS = "edge_vectors"  # (E, 3) float | pos[j] - pos[i] + shift @ cell [Å]
 EDGE_LENGTHS = "edge_lengths"  # (E,) float | |edge_vectors| [Å]
+EDGE_WEIGHTS = "edge_weights"  # (E,) float | weight of each edge in the learned part: 1, -> 0 inside the ZBL core [1]
 
 # --- per structure (graph) ----------------------------------------------------------
 CELL = "cell"  # (B, 3, 3) float | lattice vectors as rows [Å]; zeros when not periodic

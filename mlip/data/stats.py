@@ -26,6 +26,8 @@ from mlip.data.structure import Structure
 
 NeighborCounter = Callable[[Structure, float], int]
 """(structure, cutoff [Å]) -> number of directed edges within the cutoff."""
+PairDistances = Callable[[Structure, float], dict[tuple[int, int], float]]
+"""(structure, cutoff [Å]) -> shortest distance [Å] of each element pair (Z_a <= Z_b)."""
 
 
 class MissingE0Error(ValueError):
@@ -156,6 +158,12 @@ class DatasetStatistics:
         e0_method: ``"file"`` (isolated-atom file / given) or ``"least_squares"``.
         energy_per_atom_mean: mean of (E - sum of E0s) / n_atoms [eV/atom]; None without energies.
         energy_per_atom_rms: RMS of the same quantity [eV/atom]; None without energies.
+        energy_per_atom_by_element: Z -> mean interaction energy per atom of that element
+            [eV/atom]: the per-atom mean plus a minimum-norm least-squares fit over
+            compositions of what it leaves (so one composition, or one element, gives
+            every element the mean); None without energies. The model's per-element shift.
+        closest_pairs: "Za-Zb" (Za <= Zb) -> shortest distance of that pair within
+            ``cutoff`` [Å]; None if not measured. Where the ZBL core sits (model.repulsion).
         force_rms: RMS over all force components [eV/Å]; None without forces.
         avg_num_neighbors: directed edges per atom within ``cutoff``; None if not counted.
         cutoff: radial cutoff used for the neighbor count [Å] or None.
@@ -170,11 +178,17 @@ class DatasetStatistics:
     avg_num_neighbors: float | None = None
     cutoff: float | None = None
     num_structures: int = 0
+    energy_per_atom_by_element: dict[int, float] | None = None
+    closest_pairs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (E0 keys become strings)."""
         out = asdict(self)
         out["e0s"] = {str(z): float(e) for z, e in sorted(self.e0s.items())}
+        if self.energy_per_atom_by_element is not None:
+            out["energy_per_atom_by_element"] = {
+                str(z): float(e) for z, e in sorted(self.energy_per_atom_by_element.items())
+            }
         return out
 
     @classmethod
@@ -182,6 +196,10 @@ class DatasetStatistics:
         """Inverse of :meth:`to_dict`."""
         values = dict(data)
         values["e0s"] = {int(z): float(e) for z, e in values["e0s"].items()}
+        if values.get("energy_per_atom_by_element") is not None:
+            values["energy_per_atom_by_element"] = {
+                int(z): float(e) for z, e in values["energy_per_atom_by_element"].items()
+            }
         return cls(**values)
 
 
@@ -233,6 +251,8 @@ class StatisticsAccumulator:
         cutoff: neighbor cutoff [Å]; needs ``neighbor_counter`` to count neighbors.
         neighbor_counter: (structure, cutoff) -> directed edges; injected by the caller.
         e0_source: where ``e0s`` came from (used in error messages).
+        pair_distances: (structure, cutoff) -> closest distance per element pair; injected
+            (e.g. ``mlip.graph.stats.closest_pairs``); without it ``closest_pairs`` is None.
     """
 
     def __init__(
@@ -241,6 +261,7 @@ class StatisticsAccumulator:
         cutoff: float | None = None,
         neighbor_counter: NeighborCounter | None = None,
         e0_source: str = "the given E0s",
+        pair_distances: PairDistances | None = None,
     ) -> None:
         self.e0s = None if e0s is None else {int(z): float(e) for z, e in e0s.items()}
         self.cutoff = cutoff
@@ -251,6 +272,8 @@ class StatisticsAccumulator:
         self._forces = _SquareSum()
         self._atoms = 0
         self._edges = 0
+        self.pair_distances = pair_distances
+        self._closest: dict[tuple[int, int], float] = {}
 
     def add(self, s: Structure) -> None:
         """Fold one structure in.
@@ -274,6 +297,9 @@ class StatisticsAccumulator:
             self._forces.add(s.forces)
         if self.cutoff is not None and self.neighbor_counter is not None:
             self._edges += int(self.neighbor_counter(s, self.cutoff))
+        if self.cutoff is not None and self.pair_distances is not None:
+            for key, d in self.pair_distances(s, self.cutoff).items():
+                self._closest[key] = min(d, self._closest.get(key, d))
 
     def finalize(self) -> DatasetStatistics:
         """The statistics of everything added so far.
@@ -286,13 +312,16 @@ class StatisticsAccumulator:
             e0s, method = _lstsq(elements, a, energy), "least_squares"
         else:
             e0s, method = dict(sorted(self.e0s.items())), "file"
-        mean = rms = None
+        mean = rms = by_element = None
         if energy.size:
             e0_vec = np.array([e0s[z] for z in elements])
             natoms = np.frombuffer(self._rows.num_atoms, dtype=np.int64)
-            per_atom = (energy - a @ e0_vec) / natoms
+            interaction = energy - a @ e0_vec
+            per_atom = interaction / natoms
             mean = float(per_atom.mean())
             rms = float(np.sqrt(np.mean(per_atom**2)))
+            rest = np.linalg.lstsq(a, interaction - mean * natoms, rcond=None)[0]
+            by_element = {z: mean + float(d) for z, d in zip(elements, rest, strict=True)}
         counted = self.cutoff is not None and self.neighbor_counter is not None
         return DatasetStatistics(
             e0s=e0s,
@@ -303,6 +332,9 @@ class StatisticsAccumulator:
             avg_num_neighbors=self._edges / self._atoms if counted and self._atoms else None,
             cutoff=self.cutoff,
             num_structures=self.count,
+            energy_per_atom_by_element=by_element,
+            closest_pairs=None if self.pair_distances is None or self.cutoff is None else
+            {f"{a}-{b}": d for (a, b), d in sorted(self._closest.items())},
         )
 
 
@@ -374,6 +406,7 @@ def compute_statistics(
     e0s: dict[int, float] | None = None,
     cutoff: float | None = None,
     neighbor_counter: NeighborCounter | None = None,
+    pair_distances: PairDistances | None = None,
 ) -> DatasetStatistics:
     """Statistics of a set of structures in one streaming pass.
 
@@ -383,6 +416,7 @@ def compute_statistics(
         cutoff: neighbor cutoff [Å] for ``avg_num_neighbors``.
         neighbor_counter: (structure, cutoff) -> number of directed edges, e.g.
             ``mlip.graph.stats.count_edges``; without it ``avg_num_neighbors`` is None.
+        pair_distances: e.g. ``mlip.graph.stats.closest_pairs``, for ``closest_pairs``.
 
     Returns:
         The statistics.
@@ -390,7 +424,8 @@ def compute_statistics(
     Raises:
         MissingE0Error: ``e0s`` lack an element present in the data.
     """
-    acc = StatisticsAccumulator(e0s=e0s, cutoff=cutoff, neighbor_counter=neighbor_counter)
+    acc = StatisticsAccumulator(e0s=e0s, cutoff=cutoff, neighbor_counter=neighbor_counter,
+                                pair_distances=pair_distances)
     for s in structures:
         acc.add(s)
     return acc.finalize()

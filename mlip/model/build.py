@@ -44,7 +44,7 @@ def build_potential(
     atomic_numbers: list[int],
     e0s: list[float],
     scale: float,
-    shift: float,
+    shift: float | list[float],
     cutoff: float,
     avg_num_neighbors: float,
     prepare: bool = True,
@@ -61,6 +61,7 @@ def build_potential(
     potential = Potential(
         backbone, atomic_numbers, e0s, scale=scale, shift=shift, cutoff=cutoff,
         avg_num_neighbors=avg_num_neighbors, repulsion=model_config.get("repulsion"),
+        baseline=model_config.get("baseline", "per_element"),
     )
     if prepare:
         potential.prepare()

@@ -18,7 +18,7 @@ from mlip.model.build import build_potential
 from mlip.model.potential import Potential
 
 FORMAT = "mlip-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 kept float64 constants (E0s, CP factors) as plain float64 tensors; version 2
 # stores them as exact buffers (:mod:`mlip.ops.buffers`): "<name>_f64bits", int64 bits.
 _V1_EXACT = ("e0s", "factor_a", "factor_b", "factor_c", "fit_error")
@@ -38,16 +38,31 @@ def _upgrade_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _upgrade_v2(payload: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Version <= 2 -> 3: those models used the coordination baseline with one scalar shift
+    (a plain buffer); version 3 keeps one shift per element as an exact buffer and names the
+    baseline in the model config."""
+    payload["model_config"] = {**payload["model_config"], "baseline": "coordination"}
+    num = len(payload["atomic_numbers"])
+    shifts = torch.full((num,), float(payload["shift"]), dtype=torch.float64)
+    payload["shift"] = shifts.tolist()
+    out = {k: v for k, v in state.items() if k != "shift"}
+    out["shift_f64bits"] = shifts.view(torch.int64)
+    return out
+
+
 def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_neighbors: float) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "mlip_version": __version__,
-        "model_config": model_config,
+        # what the potential is, whatever the caller's config says
+        "model_config": {**model_config, "baseline": potential.baseline,
+                         "repulsion": None if potential.repulsion is None else potential.repulsion.settings()},
         "atomic_numbers": list(potential.atomic_numbers),
         "e0s": potential.e0s.double().tolist(),
         "scale": float(potential.scale),
-        "shift": float(potential.shift),
+        "shift": potential.shift.tolist(),
         "cutoff": potential.cutoff,
         "avg_num_neighbors": float(avg_num_neighbors),
         "dtype": str(next(potential.parameters()).dtype).removeprefix("torch."),
@@ -91,6 +106,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             f"{path} has format version {payload['format_version']}; this mlip reads "
             f"<= {FORMAT_VERSION}: upgrade mlip"
         )
+    state = payload["state_dict"]
+    if payload["format_version"] < 2:
+        state = _upgrade_v1(state)
+    if payload["format_version"] < 3:
+        state = _upgrade_v2(payload, state)
     potential = build_potential(
         payload["model_config"],
         payload["atomic_numbers"],
@@ -102,9 +122,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         prepare=False,
     )
     saved = getattr(torch, payload.get("dtype", "float32"))
-    state = payload["state_dict"]
-    if payload["format_version"] < 2:
-        state = _upgrade_v1(state)
+    if potential.repulsion is not None and "repulsion.d_ref" not in state:
+        # written before the core radii were stored: they were covalent-radius sums
+        state = {**state, "repulsion.d_ref": potential.repulsion.d_ref}
     # Load at the saved precision (loading float64 weights into float32 parameters would
     # round them), then cast.
     potential.to(saved).load_state_dict(state)

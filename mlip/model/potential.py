@@ -1,11 +1,21 @@
-"""The potential: E0 + scale/shift + backbone per-atom energies, with forces and stress.
+"""The potential: E0 + shift + scaled backbone per-atom energies, with forces and stress.
 
-E_i = E0[z_i] + scale * (b_i - b_iso[z_i]) + shift * n_i / n_avg,   E = sum_i E_i,
+E_i = E0[z_i] + shift[z_i] * g(n_i) + scale * (b_i - b_iso[z_i]) (+ ZBL_i),   E = sum_i E_i,
 
 where b_i is the backbone's per-atom output, b_iso[z] the backbone's output for a lone atom
-of element z (so an isolated atom has exactly E0), and n_i = sum_j u(r_ij) the smooth
-coordination number (u the cutoff envelope), so the shift, too, vanishes continuously as
-neighbours leave the cutoff.
+of element z, shift[z] the mean interaction energy per atom of element z in the training
+data, n_i = sum_j u(r_ij) the smooth coordination number (u the cutoff envelope) and
+g(n) = smootherstep(min(n, 1)) (``baseline="per_element"``, the default). g is exactly 1
+for every atom with at least one neighbour's worth of envelope inside the cutoff, so the
+shift is a per-atom constant that does not depend on how many neighbours an atom has or
+how close they are (no built-in attraction); it falls to 0 (C2-smoothly) only while an
+atom's last neighbours leave the cutoff, so an isolated atom has exactly E0.
+
+``baseline="coordination"`` is the older form, shift * n_i / n_avg: a built-in attraction
+of about shift / n_avg per neighbour (-0.4 eV on acac) that the network must cancel at
+every geometry it has not seen (it made torsion scans and compressed molecules fall below
+the minimum). It stays for model files written with it (format version <= 2); measured,
+it helps nowhere (docs/benchmarks.md, issue 16). ``baseline="none"``: no shift.
 
 Energies are accumulated in float64 whatever the model dtype: total energies of molecules
 are thousands of eV, where float32 resolves only ~1 meV. The E0s are an exact float64
@@ -31,6 +41,8 @@ from mlip.ops.radial import PolynomialCutoff
 from mlip.ops.scatter import scatter_sum
 from mlip.ops.tp.base import TensorProduct
 
+BASELINES = ("per_element", "coordination", "none")
+
 
 class UnknownElementError(ValueError):
     """The structure contains elements the model was not trained on."""
@@ -44,7 +56,10 @@ class Potential(nn.Module):
         atomic_numbers: the elements the model knows, in species-index order.
         e0s: reference energy of each element [eV], same order.
         scale: per-atom energy scale [eV].
-        shift: per-atom energy shift at average coordination [eV].
+        shift: per-atom energy shift [eV]: one number, or one per element (same order).
+        baseline: how the shift enters: ``"per_element"`` (default; a neighbour-independent
+            constant, switched off only for an isolated atom), ``"coordination"`` (legacy:
+            shift * n_i / n_avg) or ``"none"``.
         cutoff: graph cutoff [Å] the model was trained with.
         avg_num_neighbors: average neighbour count of the training data.
         repulsion: keyword arguments of a :class:`~mlip.model.repulsion.ZBLRepulsion` added
@@ -57,10 +72,11 @@ class Potential(nn.Module):
         atomic_numbers: list[int],
         e0s: list[float],
         scale: float = 1.0,
-        shift: float = 0.0,
+        shift: float | list[float] = 0.0,
         cutoff: float = 5.0,
         avg_num_neighbors: float = 1.0,
         repulsion: dict | None = None,
+        baseline: str = "per_element",
     ) -> None:
         super().__init__()
         if len(atomic_numbers) != len(e0s):
@@ -76,8 +92,18 @@ class Potential(nn.Module):
         )
         self.register_buffer("z_to_species", z_to_species)
         register_exact(self, "e0s", torch.tensor(e0s, dtype=torch.float64), persistent=True)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        self.baseline = baseline
+        shifts = torch.as_tensor(shift, dtype=torch.float64).reshape(-1)
+        if shifts.numel() == 1:
+            shifts = shifts.expand(len(self.atomic_numbers)).clone()
+        if shifts.numel() != len(self.atomic_numbers):
+            raise ValueError("shift must be one number or one per element")
+        if baseline == "none":
+            shifts = torch.zeros_like(shifts)
         self.register_buffer("scale", torch.tensor(float(scale)))
-        self.register_buffer("shift", torch.tensor(float(shift)))
+        register_exact(self, "shift", shifts, persistent=True)
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
         self.envelope = PolynomialCutoff(cutoff)
         self.repulsion = None if repulsion is None else ZBLRepulsion(self.atomic_numbers, **repulsion)
@@ -87,6 +113,19 @@ class Potential(nn.Module):
     def e0s(self) -> torch.Tensor:
         """(S,) float64 isolated-atom energies [eV], in species order."""
         return exact(self, "e0s")
+
+    @property
+    def shift(self) -> torch.Tensor:
+        """(S,) float64 per-atom energy shifts [eV], in species order."""
+        return exact(self, "shift")
+
+    def baseline_energies(self, coordination: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """(N,) float64 shift term of each atom from its smooth coordination number."""
+        shift = self.shift[species]
+        if self.baseline == "coordination":
+            return shift * (coordination.double() * self.inv_avg_neighbors.double())
+        x = coordination.double().clamp(0.0, 1.0)
+        return shift * (x * x * x * (10.0 + x * (6.0 * x - 15.0)))
 
     def prepare(self) -> None:
         """The explicit step that fills fitted constants (the tensor products'
@@ -192,15 +231,18 @@ class Potential(nn.Module):
         vectors = edge_vectors(pos, data[keys.EDGE_INDEX], data[keys.CELL_SHIFTS], cell, batch)
         inputs = dict(data)
         inputs.update({keys.SPECIES: species, keys.EDGE_VECTORS: vectors})
+        lengths = vectors.norm(dim=-1)
+        if self.repulsion is not None:
+            inputs[keys.EDGE_WEIGHTS] = self.repulsion.learned_weights(
+                lengths, species, data[keys.EDGE_INDEX])
         out = self.backbone(inputs)
         receiver = data[keys.EDGE_INDEX][1]
-        lengths = vectors.norm(dim=-1)
         coordination = scatter_sum(self.envelope(lengths), receiver, pos.shape[0])
         interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
-        atomic = (self.scale * interaction + self.shift * self.inv_avg_neighbors * coordination)
+        atomic = self.scale * interaction
         if self.repulsion is not None:
             atomic = atomic + self.repulsion(lengths, species, data[keys.EDGE_INDEX], pos.shape[0])
-        atomic = atomic.double() + self.e0s[species]
+        atomic = atomic.double() + self.e0s[species] + self.baseline_energies(coordination, species)
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {k: v for k, v in out.items() if k not in (keys.NODE_ENERGIES, keys.DIRECT_FORCES)}
         result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})

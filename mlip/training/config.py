@@ -57,9 +57,14 @@ DEFAULTS: dict[str, Any] = {
             "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
             "init_args": {},
         },
-        # ZBL nuclear repulsion switched off inside bonds (mlip.model.repulsion), e.g.
-        # {inner: 0.35, outer: 0.6}; None: none.
-        "repulsion": None,
+        # ZBL nuclear repulsion core (mlip.model.repulsion): pure ZBL and no learned pair
+        # below inner x d_ref, the learned part alone above outer x d_ref, where d_ref is
+        # each element pair's shortest distance in the training split (reference: data) or
+        # its covalent-radius sum (reference: covalent); null: none.
+        "repulsion": {"inner": 0.5, "outer": 0.85, "reference": "data"},
+        # How the per-element mean interaction energy enters (mlip.model.potential):
+        # per_element (a neighbour-independent constant) | coordination (legacy) | none.
+        "baseline": "per_element",
     },
     "training": {
         "max_epochs": 100,

@@ -24,7 +24,7 @@ from mlip.data.convert import convert
 from mlip.data.lmdb import LmdbDataset, split_indices, write_metadata
 from mlip.data.stats import DatasetStatistics, compute_statistics, e0s_from_file
 from mlip.graph.build import GraphDataset, collate
-from mlip.graph.stats import count_edges
+from mlip.graph.stats import closest_pairs, count_edges
 
 CACHE_DIR_NAME = ".mlip_cache"
 
@@ -144,7 +144,7 @@ class PotentialDataModule(L.LightningDataModule):
             np.asarray(train_idx, dtype=np.int64).tobytes()
             + json.dumps([e0_spec, e0s and sorted(e0s.items())]).encode()
         ).hexdigest()[:12]
-        name = f"statistics/train-{tag}/cutoff={cfg['cutoff']:g}"
+        name = f"statistics/v3/train-{tag}/cutoff={cfg['cutoff']:g}"
         single = len(train_sets) == 1
         if single:
             cached = train_sets[0].metadata(name)
@@ -155,6 +155,7 @@ class PotentialDataModule(L.LightningDataModule):
             e0s=e0s,
             cutoff=cfg["cutoff"],
             neighbor_counter=count_edges,
+            pair_distances=closest_pairs,
         )
         if single and int(os.environ.get("LOCAL_RANK", "0")) == 0:
             try:
@@ -172,10 +173,12 @@ class PotentialDataModule(L.LightningDataModule):
             "atomic_numbers": zs,
             "e0s": [s.e0s[z] for z in zs],
             "scale": s.force_rms or s.energy_per_atom_rms or 1.0,
-            "shift": s.energy_per_atom_mean or 0.0,
+            "shift": [(s.energy_per_atom_by_element or {}).get(z, s.energy_per_atom_mean or 0.0)
+                      for z in zs],
             "cutoff": float(self.cfg["cutoff"]),
             "avg_num_neighbors": s.avg_num_neighbors or 1.0,
             "has_stress": self.has_stress,
+            "closest_pairs": s.closest_pairs or {},
             "statistics": s.to_dict(),
         }
 

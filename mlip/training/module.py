@@ -40,7 +40,13 @@ class PotentialModule(L.LightningModule):
             data_info["shift"],
             data_info["cutoff"],
             data_info["avg_num_neighbors"],
-        ).to(dtype)
+        )
+        rep = self.model.repulsion
+        if rep is not None and rep.reference == "data":
+            pairs = {tuple(int(z) for z in k.split("-")): d
+                     for k, d in data_info.get("closest_pairs", {}).items()}
+            rep.set_reference(pairs, data_info["cutoff"])
+        self.model = self.model.to(dtype)
         tc = config["training"]
         self.ema = ExponentialMovingAverage(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
         self.compute_stress = bool(data_info.get("has_stress")) and tc["stress_weight"] > 0

@@ -108,7 +108,9 @@ def train(config: dict[str, Any] | str | Path, resume: bool = False,
             f"mlip train: {len(dm.train_set)} train / {len(dm.val_set)} val structures, "
             f"elements {info['atomic_numbers']}, E0s ({s['e0_method']}), "
             f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
-            f"shift {info['shift']:.4f} eV, {n_params:,} parameters"
+            f"shift ({config['model']['baseline']}) "
+            f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))}"
+            f" eV, {n_params:,} parameters"
         )
     trainer, checkpoint = build_trainer(config, run_dir)
     t_fit = time.time()

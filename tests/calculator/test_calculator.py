@@ -173,25 +173,37 @@ def test_callers_model_untouched_and_cached(trained_acac_model):
     assert calc.num_builds == 2
 
 
-def test_version_1_model_files_still_load(trained_acac_model, acac_backbone, tmp_path):
-    """Format 1 (before exact buffers: float64 E0s / CP factors as plain tensors, a 120-row
-    Z table) loads into today's Potential with identical predictions."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_model_files_still_load(trained_acac_model, acac_backbone, tmp_path, version):
+    """Formats 1 and 2 (one scalar shift in the coordination baseline, no "baseline" in the
+    model config; format 1 also before exact buffers: float64 E0s / CP factors as plain
+    tensors, a 120-row Z table) load into today's Potential with identical predictions."""
+    from mlip.model.build import build_potential
+
     model, frames = trained_acac_model
-    path = save_model(tmp_path / "m.pt", model, {"backbone": acac_backbone}, 12.0)
+    config = {"backbone": acac_backbone, "baseline": "coordination"}
+    legacy = build_potential(config, model.atomic_numbers, model.e0s.tolist(), float(model.scale),
+                             -4.8, model.cutoff, 12.0, prepare=False).to(torch.float64)
+    legacy.load_state_dict({**model.state_dict(), "shift_f64bits": legacy.state_dict()["shift_f64bits"]})
+    path = save_model(tmp_path / "m.pt", legacy, config, 12.0)
     payload = torch.load(path, weights_only=True)
     state = {}
     for key, value in payload["state_dict"].items():
-        if key.endswith("_f64bits"):
+        if key == "shift_f64bits":
+            state["shift"] = torch.tensor(-4.8)
+        elif key.endswith("_f64bits") and version == 1:
             state[key.removesuffix("_f64bits")] = value.view(torch.float64)
-        elif key == "z_to_species":
+        elif key == "z_to_species" and version == 1:
             state[key] = torch.cat([value, torch.tensor([-1])])
         else:
             state[key] = value
-    payload.update(format_version=1, state_dict=state)
-    old = tmp_path / "v1.pt"
+    old_config = {k: v for k, v in payload["model_config"].items() if k != "baseline"}
+    payload.update(format_version=version, state_dict=state, shift=-4.8, model_config=old_config)
+    old = tmp_path / f"v{version}.pt"
     torch.save(payload, old)
     a, b = frames[1].copy(), frames[1].copy()
     a.calc = MLIPCalculator(path, device="cpu")
     b.calc = MLIPCalculator(old, device="cpu")
+    assert b.calc.model.baseline == "coordination"
     assert a.get_potential_energy() == b.get_potential_energy()
     np.testing.assert_array_equal(a.get_forces(), b.get_forces())

@@ -18,15 +18,15 @@ STABLE_BACKBONE = {
 def stable_acac_model(bundled_acac):
     """(float64 Potential, frames): 400 Adam steps (one-cycle, lr 0.02) on 50 acac frames.
 
-    The recipe that makes a few-second model MD-stable: the shift is 0 and the mean
-    interaction energy per atom of the frames is folded into the E0s. With the usual
-    coordination shift (shift ~ -4.9 eV at average coordination, i.e. ~ -0.4 eV per
-    neighbour) the briefly trained backbone has not yet learned the short-range repulsion
-    that cancels it, and the molecule collapses within ~100 fs; trained this way it stays
-    at ~300 K for > 2000 steps (force MAE ~0.16 eV/Å on test_MD_300K).
+    Built as training builds every model: isolated-atom E0s, the mean interaction energy
+    per atom as the per-element shift (a neighbour-independent constant, the default
+    baseline) and the default ZBL wall. Trained this way it stays at ~300 K for > 2000
+    steps. (With the old coordination baseline, ~ -0.4 eV of built-in attraction per
+    neighbour, the same few-second model collapsed within ~100 fs.)
     """
     from mlip.graph.build import atoms_to_batch
     from mlip.model.build import build_potential
+    from mlip.training.config import DEFAULTS
     from mlip.training.metrics import weighted_loss
 
     torch.manual_seed(0)
@@ -37,8 +37,13 @@ def stable_acac_model(bundled_acac):
                            / len(a) for a in frames])
     force_rms = float(np.sqrt(np.mean([np.mean(a.get_forces() ** 2) for a in frames])))
     elements = [1, 6, 8]
-    model = build_potential({"backbone": STABLE_BACKBONE}, elements,
-                            [isolated[z] + interaction for z in elements], force_rms, 0.0, 5.0, 12.0)
+    model = build_potential({"backbone": STABLE_BACKBONE, "repulsion": DEFAULTS["model"]["repulsion"]},
+                            elements, [isolated[z] for z in elements], force_rms, interaction, 5.0, 12.0)
+    from mlip.data.readers import iter_structures
+    from mlip.graph.stats import shortest_pair_distances
+
+    structures = list(iter_structures(bundled_acac / "train_300K.xyz"))[:50]
+    model.repulsion.set_reference(shortest_pair_distances(structures, 5.0), 5.0)  # as training does
     steps = 400
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=steps, pct_start=0.1)

@@ -62,3 +62,74 @@ def test_forces_and_round_trip_with_repulsion(bundled_acac, tmp_path):
                                                  "repulsion": {"inner": 0.35, "outer": 0.6}}, 12.0)
     again = load_model(path, dtype=torch.float64)
     assert physics.predict(again, [frame])["energy"][0] == physics.predict(wall, [frame])["energy"][0]
+
+
+def test_zero_on_every_bundled_training_frame(bundled_acac):
+    """The measurement behind the default: on the whole training set the wall is exactly
+    zero (closest pair >= 0.82 x its covalent-radius sum), so training is unchanged by it."""
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":")
+    plain, wall = model(None), model({})
+    assert np.array_equal(physics.predict(wall, frames)["energy"],
+                          physics.predict(plain, frames)["energy"])
+
+
+def test_on_by_default_in_training_configs():
+    from mlip.training.config import DEFAULTS
+
+    assert DEFAULTS["model"]["repulsion"] == {"inner": 0.5, "outer": 0.85, "reference": "data"}
+
+
+def test_inside_the_core_the_energy_is_zbl_alone():
+    """Below r_on the learned part does not see the pair: E = E0s + shifts + ZBL exactly."""
+    m = model({})
+    for z1, z2, r in [(6, 1, 0.3), (1, 1, 0.2), (8, 6, 0.4)]:
+        d = ase.Atoms(numbers=[z1, z2], positions=[[0, 0, 0], [0, 0, r]])
+        sp = m.species_of(torch.tensor([z1, z2]))
+        zbl = float(zbl_pair_energy(torch.tensor([r], dtype=torch.float64), torch.tensor([z1]),
+                                    torch.tensor([z2])))
+        expected = float(m.e0s[sp].sum() + m.shift[sp].sum()) + zbl
+        assert physics.predict(m, [d])["energy"][0] == pytest.approx(expected, abs=1e-9)
+
+
+def test_data_reference_is_each_pairs_shortest_training_distance(bundled_acac):
+    """closest_pairs against brute force; a trained module's core sits below every training
+    edge (weight exactly 1 on all of them)."""
+    from mlip.data.readers import iter_structures
+    from mlip.graph.build import atoms_to_batch
+    from mlip.graph.stats import closest_pairs
+
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":20")
+    found: dict = {}
+    for s in list(iter_structures(bundled_acac / "train_300K.xyz"))[:20]:
+        for k, d in closest_pairs(s, 5.0).items():
+            found[k] = min(d, found.get(k, d))
+    brute: dict = {}
+    for a in frames:
+        d = a.get_all_distances()
+        for i in range(len(a)):
+            for j in range(len(a)):
+                if i != j and d[i, j] < 5.0:
+                    k = tuple(sorted((int(a.numbers[i]), int(a.numbers[j]))))
+                    brute[k] = min(d[i, j], brute.get(k, d[i, j]))
+    assert found.keys() == brute.keys()
+    assert all(found[k] == pytest.approx(brute[k], abs=1e-12) for k in brute)
+    m = model({"inner": 0.5, "outer": 0.85, "reference": "data"})
+    m.repulsion.set_reference(found, 5.0)
+    data = atoms_to_batch(frames, 5.0, dtype=torch.float64)
+    from mlip.data import keys
+    from mlip.graph.edges import edge_vectors
+
+    vec = edge_vectors(data[keys.POSITIONS], data[keys.EDGE_INDEX], data[keys.CELL_SHIFTS],
+                       data[keys.CELL], data[keys.BATCH])
+    species = m.species_of(data[keys.ATOMIC_NUMBERS])
+    w = m.repulsion.learned_weights(vec.norm(dim=-1), species, data[keys.EDGE_INDEX])
+    assert torch.all(w == 1.0)
+
+
+def test_data_reference_must_be_set_before_use():
+    m = model({"reference": "data", "inner": 0.5, "outer": 0.85})
+    atoms = ase.Atoms("CH", positions=[[0, 0, 0], [0, 0, 1.1]])
+    with pytest.raises(RuntimeError, match="no reference distances"):
+        physics.predict(m, [atoms])
+    m.repulsion.set_reference({(1, 6): 1.0}, 5.0)
+    assert np.isfinite(physics.predict(m, [atoms])["energy"][0])

@@ -32,8 +32,8 @@ def test_preset_loads_and_builds(name):
     backbone = config["model"]["backbone"]
     assert set(backbone) == {"class_path", "init_args"} and backbone["init_args"]
     torch.manual_seed(0)
-    model = build_potential(config["model"], [1, 6, 8], [-13.6, -1029.0, -2042.0],
-                            1.0, 0.0, 5.0, 2.0)
+    model = build_potential({**config["model"], "repulsion": {"reference": "covalent"}},
+                            [1, 6, 8], [-13.6, -1029.0, -2042.0], 1.0, 0.0, 5.0, 2.0)
     from mlip.graph.build import atoms_to_batch
 
     atoms = ase.Atoms("COH", positions=[[0, 0, 0], [1.2, 0, 0], [-0.6, 0.9, 0.1]])

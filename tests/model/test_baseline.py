@@ -1,0 +1,93 @@
+"""The energy baseline: a per-element constant that does not depend on neighbours, zero
+for an isolated atom; the legacy coordination form only on request (and for old files)."""
+
+from __future__ import annotations
+
+import ase
+import numpy as np
+import pytest
+import torch
+
+from mlip.data.stats import compute_statistics
+from mlip.data.structure import Structure
+from mlip.model.build import build_potential
+from mlip.testing import physics
+
+BACKBONE = {"class_path": "mlip.backbones.equivariant.EquivariantBackbone",
+            "init_args": {"channels": 8, "lmax_hidden": 1, "lmax_sh": 1, "correlation": 2,
+                          "num_layers": 2, "radial_hidden": 16}}
+E0S = [-13.6, -1029.0, -2041.0]
+SHIFTS = [-3.0, -6.0, -5.0]
+
+
+def model(baseline="per_element", shift=SHIFTS):
+    torch.manual_seed(0)
+    return build_potential({"backbone": BACKBONE, "baseline": baseline}, [1, 6, 8], E0S, 1.0,
+                           shift, 5.0, 12.0).double()
+
+
+def test_switch_is_exactly_one_for_bonded_atoms_and_zero_alone():
+    m = model()
+    n = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 12.0], dtype=torch.float64)
+    g = m.baseline_energies(n, torch.ones_like(n, dtype=torch.long)) / SHIFTS[1]
+    assert g[0] == 0.0 and g[2] == pytest.approx(0.5) and torch.all(g[4:] == 1.0)
+    assert torch.all(torch.diff(g) >= 0)
+
+
+def test_shift_does_not_depend_on_geometry():
+    """For molecules whose atoms all have neighbours, the shift adds exactly sum_i shift[z_i]
+    and no force: compressed, stretched or rotated, the difference to a shift-free model is
+    the same constant."""
+    with_shift, without = model(), model(shift=0.0)
+    mol = ase.Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                      [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    expected = SHIFTS[1] + 4 * SHIFTS[0]
+    for f in (0.6, 1.0, 1.4, 2.0):
+        a = mol.copy()
+        a.positions *= f
+        p, q = physics.predict(with_shift, [a]), physics.predict(without, [a])
+        assert p["energy"][0] - q["energy"][0] == pytest.approx(expected, abs=1e-9)
+        np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)
+
+
+def test_isolated_atom_and_dimer_limit_are_e0():
+    m = model()
+    assert physics.measure_isolated_atom_error(m) < 1e-10
+    far = ase.Atoms("CO", positions=[[0, 0, 0], [0, 0, 5.0001]])
+    assert physics.predict(m, [far])["energy"][0] == pytest.approx(E0S[1] + E0S[2], abs=1e-9)
+
+
+def test_legacy_coordination_baseline_grows_with_neighbours():
+    legacy = model("coordination", shift=-4.8)
+    none = model("none")
+    mol = ase.Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                      [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    diffs = []
+    for f in (1.0, 0.7):
+        a = mol.copy()
+        a.positions *= f
+        diffs.append(physics.predict(legacy, [a])["energy"][0] - physics.predict(none, [a])["energy"][0])
+    assert diffs[1] < diffs[0] < 0  # closer neighbours: more built-in attraction
+
+
+def _frame(symbols, energy):
+    n = len(ase.Atoms(symbols))
+    a = ase.Atoms(symbols, positions=np.arange(3 * n).reshape(-1, 3) * 1.5)
+    return Structure(numbers=a.numbers, positions=a.positions, cell=np.zeros((3, 3)),
+                     pbc=np.zeros(3, dtype=bool), energy=energy)
+
+
+def test_per_element_shift_statistics():
+    e0 = {1: -10.0, 6: -100.0, 8: -200.0}
+    per_atom = {1: -2.0, 6: -7.0, 8: -5.0}
+    mols = ["CH4", "C2H6", "H2O", "CO2", "CH3OH", "C2H4"]
+    frames = [_frame(m, sum(e0[z] + per_atom[z] for z in ase.Atoms(m).numbers)) for m in mols]
+    stats = compute_statistics(frames, e0s=e0)
+    for z, value in per_atom.items():
+        assert stats.energy_per_atom_by_element[z] == pytest.approx(value, abs=1e-9)
+    # One composition determines only the mean: every element gets it.
+    same = [_frame("CH4", -140.0 - 20.0 + k * 0.1) for k in range(5)]
+    stats = compute_statistics(same, e0s=e0)
+    mean = stats.energy_per_atom_mean
+    assert all(v == pytest.approx(mean, abs=1e-12) for v in stats.energy_per_atom_by_element.values())
+    assert stats.from_dict(stats.to_dict()) == stats
