@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -202,11 +203,14 @@ def main() -> None:
     parser.add_argument("--train", required=True, help="training extxyz (start geometry, E_min)")
     parser.add_argument("--model", action="append", default=[], help="NAME=mlip model file")
     parser.add_argument("--mace", action="append", default=[], help="NAME=MACE model file")
-    parser.add_argument("--mace-venv", default="/work/mace-venv")
+    parser.add_argument("--mace-venv", default=os.environ.get("MACE_VENV"),
+                        help="venv with mace-torch (default $MACE_VENV); needed with --mace")
     parser.add_argument("--mace-dtype", default="float32", help="the MACE model's dtype")
     parser.add_argument("--xtb", action="store_true", help="GFN2-xTB reference (tblite)")
     parser.add_argument("--out", default="bench_extrapolation")
     args = parser.parse_args()
+    if args.mace and not args.mace_venv:
+        parser.error("--mace needs --mace-venv (or $MACE_VENV): MACE runs in its own venv")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     geoms, tags, e_min = build_probes(args.train)
