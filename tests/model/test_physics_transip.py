@@ -87,9 +87,12 @@ def mean_force_rotation_error(model, frames):
 
 
 def test_equivariance_objective_reduces_the_error(bundled_acac):
-    """300 Adam steps (lr 2e-3, batches of 5 of 30 acac frames) of the learned-equivariance
-    objective alone: the force rotation error on 3 held-out frames, measured 1.32 before and
-    0.64 after (2.1x), must fall by at least 1.5x."""
+    """300 Adam steps (lr 2e-3 with cosine decay, batches of 5 of 30 acac frames) of the
+    learned-equivariance objective alone: the force rotation error on 3 held-out frames must
+    fall by at least 1.5x. Measured 2026-12-02 for this seed: 1.168 before, 2.17x less after
+    with 1 thread, 2.07x with 2 (over seeds 0-5: 1.33x-2.58x). At a constant lr the ratio
+    after 300 steps swings between 0.9x and 2.9x with the seed and even the thread count
+    (1.75x vs 1.50x here), which made the old form of this test fail on 2 cores."""
     from mlip.training.symmetry import equivariance_loss
 
     frames = ase.io.read(bundled_acac / "train_300K.xyz", ":33")
@@ -98,6 +101,7 @@ def test_equivariance_objective_reduces_the_error(bundled_acac):
     before = mean_force_rotation_error(model, held_out)
     batches = [atoms_to_batch(frames[k:k + 5], 5.0, dtype=torch.float32) for k in range(0, 30, 5)]
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 300)
     g = torch.Generator().manual_seed(0)
     for step in range(300):
         data = batches[step % len(batches)]
@@ -107,6 +111,7 @@ def test_equivariance_objective_reduces_the_error(bundled_acac):
         opt.zero_grad()
         equivariance_loss(z, z_rot, rot, data[keys.BATCH], 2).backward()
         opt.step()
+        schedule.step()
     after = mean_force_rotation_error(model, held_out)
     assert before > 1.0, before  # an untrained Transformer is far from equivariant
     assert after < before / 1.5, (before, after)
