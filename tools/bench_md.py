@@ -1,6 +1,6 @@
 """MD speed: steps/s and atom-steps/s through the ASE calculator, with a per-step split.
 
-    python tools/bench_md.py --threads 1,2 --modes eager,compiled
+    python tools/bench_md.py --threads 1,2 --modes eager,aot,inductor
     MLIP_NO_MALLOC_TUNING=1 python tools/bench_md.py --threads 1      # glibc default malloc
 
 Systems: one acac molecule (15 atoms), the 960-atom periodic acac box
@@ -87,7 +87,26 @@ def copper_cell() -> ase.Atoms:
     return atoms
 
 
-def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) -> dict:
+def compile_figures(calc: MLIPCalculator, model, atoms: ase.Atoms) -> dict:
+    """Compile time of the calculator's AOT package and the time a new calculator of the
+    same model takes to load it from the cache (its first call minus a normal call)."""
+    packages = [p for p in calc.compiled.packages.values() if p is not None] if calc.compiled else []
+    if not packages:
+        return {"compile_s": float("nan"), "load_s": float("nan")}
+    fresh = MLIPCalculator(model, device="cpu", compile="aot")
+    a = atoms.copy()
+    a.calc = fresh
+    t = time.perf_counter()
+    a.get_forces()
+    first = time.perf_counter() - t
+    a.positions[0] += 1e-3
+    t = time.perf_counter()
+    a.get_forces()
+    return {"compile_s": sum(p.compile_seconds for p in packages),
+            "load_s": first - (time.perf_counter() - t)}
+
+
+def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str) -> dict:
     """ASE VelocityVerlet through the calculator: rates and the per-step split."""
     calc = MLIPCalculator(model, device="cpu", compile=compile_)
     atoms = atoms.copy()
@@ -106,10 +125,11 @@ def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: bool) ->
     return {"steps_per_s": steps / total, "atom_steps_per_s": steps * len(atoms) / total,
             "ms_nl": 1e3 * nl / steps, "ms_model": 1e3 * mo / steps,
             "ms_other": 1e3 * (total - nl - mo) / steps,
-            "builds_per_100": 100 * (calc.num_builds - builds) / steps, "warmup_s": warmup_s}
+            "builds_per_100": 100 * (calc.num_builds - builds) / steps, "warmup_s": warmup_s,
+            **compile_figures(calc, model, atoms)}
 
 
-def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: bool) -> dict:
+def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str) -> dict:
     calc = MLIPCalculator(model, device="cpu", compile=compile_)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
@@ -120,7 +140,9 @@ def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: bool) -
     rate = out["steps_per_second"]
     return {"steps_per_s": rate, "atom_steps_per_s": rate * k * len(atoms), "ms_nl": float("nan"),
             "ms_model": float("nan"), "ms_other": float("nan"),
-            "builds_per_100": 100 * out["neighbor_builds"] / (k * (steps + 1)), "warmup_s": warmup_s}
+            "builds_per_100": 100 * out["neighbor_builds"] / (k * (steps + 1)), "warmup_s": warmup_s,
+            "compile_s": sum(p.compile_seconds for p in calc.compiled.packages.values() if p is not None)
+            if calc.compiled else float("nan"), "load_s": float("nan")}
 
 
 def allocator_setting() -> str:
@@ -135,7 +157,9 @@ def main() -> None:
     tune_glibc_malloc()  # this tool's own process (a no-op with MLIP_NO_MALLOC_TUNING=1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
-    parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")
+    parser.add_argument("--modes", default="eager,aot",
+                        help="comma-separated: eager, aot (AOTInductor package, cached), inductor "
+                             "(torch.compile of the backbone)")
     parser.add_argument("--systems", default="acac,box,cu,replicas")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--steps", type=int, default=200, help="timed steps for the molecule")
@@ -178,7 +202,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.dtype}, "
           f"allocator: {allocator_setting()}")
     header = ("| system | atoms | threads | mode | steps/s | atom-steps/s | NL ms | model ms | "
-              "other ms | NL builds /100 steps | warm-up s |")
+              "other ms | NL builds /100 steps | warm-up s | compile s | cached load s |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for threads in [int(x) for x in args.threads.split(",")]:
@@ -191,16 +215,17 @@ def main() -> None:
             atoms = make()
             model = acac_model if which == "acac" else cu_model
             for mode in args.modes.split(","):
-                compiled = mode == "compiled"
+                mode = {"compiled": "aot"}.get(mode, mode)
                 if key == "replicas":
-                    r = time_replicas(atoms, model, args.replicas, steps, compiled)
+                    r = time_replicas(atoms, model, args.replicas, steps, mode)
                     n_atoms = f"{args.replicas} x {len(atoms)}"
                 else:
-                    r = time_md(atoms, model, steps, args.warmup, compiled)
+                    r = time_md(atoms, model, steps, args.warmup, mode)
                     n_atoms = str(len(atoms))
                 print(f"| {name} | {n_atoms} | {threads} | {mode} | {r['steps_per_s']:.2f} | "
                       f"{r['atom_steps_per_s']:,.0f} | {r['ms_nl']:.2f} | {r['ms_model']:.2f} | "
-                      f"{r['ms_other']:.2f} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} |",
+                      f"{r['ms_other']:.2f} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} | "
+                      f"{r['compile_s']:.1f} | {r['load_s']:.2f} |",
                       flush=True)
     print("done: steps/s are ASE MD steps (batched steps for replicas); NL = neighbour list.")
 

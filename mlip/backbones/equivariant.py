@@ -20,7 +20,7 @@ from mlip.ops.linear import DegreeLinear, ElementDegreeLinear
 from mlip.ops.mlp import MLP
 from mlip.ops.radial import RadialEmbedding
 from mlip.ops.scatter import scatter_sum
-from mlip.ops.sh import num_components, spherical_harmonics
+from mlip.ops.sh import num_components, per_component, spherical_harmonics
 from mlip.ops.tp import TensorProduct, resolve_tensor_product
 
 
@@ -65,7 +65,7 @@ class ProductBlock(nn.Module):
             )
 
     def forward(self, a: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        b = a * (onehot @ self.w1.flatten(1)).view(a.shape[0], a.shape[1], -1)[..., self.degree]
+        b = a * per_component((onehot @ self.w1.flatten(1)).view(a.shape[0], a.shape[1], -1), self.degree)
         total = _pad_or_truncate(b, self.lmax_out)
         for tp, w in zip(self.tps, self.weights, strict=True):
             weight = (onehot @ w.flatten(1)).view(a.shape[0], a.shape[1], -1)

@@ -22,6 +22,7 @@ from ase.data import chemical_symbols
 from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
 from mlip.graph.skin import SkinNeighborList
+from mlip.model.compiled import CompiledModel
 from mlip.model.io import load_model
 from mlip.model.potential import Potential, UnknownElementError
 
@@ -59,13 +60,25 @@ def too_close_message(numbers, i: int, j: int, distance: float, min_distance: fl
             "MLIPCalculator(min_distance=None) disables the check)")
 
 
+COMPILE_MODES = ("none", "aot", "inductor")
+
+
+def compile_mode(compile: bool | str) -> str:
+    """Normalise the ``compile`` argument: False -> "none", True -> "aot"."""
+    mode = {False: "none", True: "aot", None: "none", "eager": "none"}.get(compile, compile)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be True/False or one of {COMPILE_MODES}, got {compile!r}")
+    return mode
+
+
 def inference_model(model: Potential | str | Path, device: torch.device,
                     dtype: torch.dtype | None, compile: bool) -> Potential:
     """The calculator's own model on ``device`` in ``dtype``, in eval mode, weights frozen.
 
     A model object is used as is when nothing changes, else a copy is moved/cast (the
     caller's module is never modified). With ``compile`` the copy's backbone is
-    ``torch.compile``'d (dynamic shapes: edge counts change every step).
+    ``torch.compile``'d (dynamic shapes: edge counts change every step; the
+    ``compile="inductor"`` mode).
     """
     if not isinstance(model, Potential):
         owned = load_model(model, device=device, dtype=dtype)
@@ -91,11 +104,17 @@ class MLIPCalculator(Calculator):
         dtype: torch.float32/float64 (or their names); default the model's.
         skin: Verlet skin [Å]; 0 rebuilds the neighbour list every call.
         min_distance: raise when two atoms are closer than this [Å]; None disables.
-        compile: torch.compile the backbone for inference (dynamic shapes; the first
-            calls compile, 1-3 minutes on CPU).
+        compile: ``"aot"`` (or True): energy + forces (+ stress) as one AOTInductor-
+            compiled function (:mod:`mlip.model.compiled`), built at the first call (minutes
+            on CPU) and cached in the user cache folder, so later calculators of the same
+            model, torch, device and dtype load it in about a second; on failure a one-line
+            warning and the eager model. ``"inductor"``: ``torch.compile`` of the backbone
+            (dynamic shapes, recompiled in every process). False / ``"none"``: eager.
 
     Attributes:
         num_builds: neighbour-list builds so far.
+        compiled: with ``compile="aot"`` a :class:`~mlip.model.compiled.CompiledModel`
+            (its ``packages``: compile_seconds, load_seconds, from_cache); else None.
         timings: seconds in graph work ("neighbors": rebuilds, position upload, cutoff
             mask) and in the model ("model": energy, forces, stress, download), and the
             number of "calls", summed since construction.
@@ -110,14 +129,16 @@ class MLIPCalculator(Calculator):
         dtype: torch.dtype | str | None = None,
         skin: float = 0.5,
         min_distance: float | None = 0.5,
-        compile: bool = False,
+        compile: bool | str = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # changes no process-wide setting (see mlip.calculator.allocator)
         self.device = resolve_device(device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        self.model = inference_model(model, self.device, dtype, compile)
+        self.compile_mode = compile_mode(compile)
+        self.model = inference_model(model, self.device, dtype, self.compile_mode == "inductor")
+        self.compiled = CompiledModel(self.model) if self.compile_mode == "aot" else None
         self.dtype = next(self.model.parameters()).dtype
         self.cutoff = self.model.cutoff
         self.skin = float(skin)
@@ -150,6 +171,13 @@ class MLIPCalculator(Calculator):
             raise AtomsTooCloseError(too_close_message(atoms.numbers, *pair, self.min_distance))
         return data
 
+    def evaluate(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
+        """Energy, forces (and stress) of a batch: the compiled function where there is one
+        that accepts the batch, else the eager model."""
+        if self.compiled is not None:
+            return self.compiled(data, stress)
+        return self.model(data, compute_forces=True, compute_stress=stress)
+
     # -- ASE protocol -----------------------------------------------------------------------------
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -160,7 +188,7 @@ class MLIPCalculator(Calculator):
         start = time.perf_counter()
         data = self.batch_for(atoms)
         graph_done = time.perf_counter()
-        out = self.model(data, compute_forces=True, compute_stress=periodic)
+        out = self.evaluate(data, periodic)
         # One transfer per output; the finiteness checks then run on the host copies.
         energy = float(out[keys.ENERGY].detach()[0])
         forces = out[keys.FORCES].detach().cpu().double().numpy()

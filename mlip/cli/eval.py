@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-structures", type=int, default=20,
                    help="structures per file used for --equivariance")
     p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--compile", action="store_true",
+                   help="AOTInductor-compiled force path (built once per batch size, cached)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None)
     p.add_argument("--energy-key", default=None)
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             results.append(evaluate_file(model, path, args.batch_size, mapping,
-                                         keep_predictions=bool(args.plots)))
+                                         keep_predictions=bool(args.plots), compile=args.compile))
         except (FileNotFoundError, ValueError) as err:
             raise CliError(f"{path}: {err}") from err
     print(format_table(results))

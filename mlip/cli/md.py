@@ -38,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin [Å]")
     p.add_argument("--min-distance", type=float, default=0.5,
                    help="stop when two atoms come closer than this [Å]; 0 disables")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="aot", default="none", choices=("none", "aot", "inductor"),
+                   help="compile the force function: aot (the default of a bare --compile; "
+                        "AOTInductor, built once and cached in the user cache folder) or inductor "
+                        "(torch.compile, every run)")
     p.add_argument("--out", default=None,
                    help="trajectory: .traj (ASE) or extended XYZ (any other extension)")
     p.add_argument("--log", default=None, help="text log: time, Epot, Ekin, Etot, T (P, V if periodic)")

@@ -82,7 +82,7 @@ class ReplicaSystem:
             i, j, d = pair
             raise AtomsTooCloseError(f"replica {i // self.n}: " + too_close_message(
                 self.numbers, i % self.n, j % self.n, d, self.calc.min_distance))
-        out = self.calc.model(data, compute_forces=True, compute_stress=stress and self.periodic)
+        out = self.calc.evaluate(data, stress and self.periodic)
         result = {"energy": out[keys.ENERGY].detach().double(),
                   "forces": out[keys.FORCES].detach().double()}
         if stress and self.periodic:

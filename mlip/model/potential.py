@@ -108,6 +108,7 @@ class Potential(nn.Module):
         self.envelope = PolynomialCutoff(cutoff)
         self.repulsion = None if repulsion is None else ZBLRepulsion(self.atomic_numbers, **repulsion)
         self._reference: tuple[tuple, torch.Tensor] | None = None
+        self._frozen_reference: torch.Tensor | None = None
 
     @property
     def e0s(self) -> torch.Tensor:
@@ -172,6 +173,8 @@ class Potential(nn.Module):
         counters, which every optimiser step, ``load_state_dict`` and ``.to()`` change) and
         reused by every call.
         """
+        if self._frozen_reference is not None:
+            return self._frozen_reference
         params = list(self.backbone.parameters())
         if self.training and torch.is_grad_enabled():
             return self._lone_atom_pass(params[0])
@@ -180,6 +183,15 @@ class Potential(nn.Module):
             with torch.no_grad():
                 self._reference = (key, self._lone_atom_pass(params[0]).detach())
         return self._reference[1]
+
+    def freeze_reference(self) -> None:
+        """Fix the lone-atom reference at its value for the current weights (for a frozen
+        inference copy that is traced or compiled: the reference is then a constant)."""
+        self._frozen_reference = None
+        training = self.training
+        self.eval()
+        self._frozen_reference = self.reference_energies().detach().clone()
+        self.train(training)
 
     def _lone_atom_pass(self, like: torch.Tensor) -> torch.Tensor:
         num = len(self.atomic_numbers)

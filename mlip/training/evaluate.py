@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from mlip.data import keys
 from mlip.data.lmdb import LmdbDataset
 from mlip.graph.build import GraphDataset, collate
+from mlip.model.compiled import CompiledModel
 from mlip.model.potential import Potential
 from mlip.training.datamodule import ensure_lmdb
 from mlip.training.metrics import metric_sums, summarize
@@ -25,8 +26,10 @@ def evaluate_file(
     key_mapping: dict[str, str | None] | None = None,
     keep_predictions: bool = False,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Errors of ``model`` on one file.
+    """Errors of ``model`` on one file (``compile``: through AOTInductor packages, one per
+    batch size, cached; see :mod:`mlip.model.compiled`).
 
     Returns:
         dict with 'file', 'structures', 'atoms' and e_mae/e_rmse [meV],
@@ -44,13 +47,17 @@ def evaluate_file(
         GraphDataset(dataset, model.cutoff, dtype=param.dtype), batch_size=batch_size,
         collate_fn=collate,
     )
+    compiled = CompiledModel(model) if compile else None
     sums = None
     atoms = 0
     kept: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("e_ref", "e_pred", "n", "f_ref", "f_pred")}
     for batch in tqdm(loader, desc=f"eval {Path(path).name}", disable=not progress, leave=False):
         data = {k: v.to(param.device) for k, v in batch.items()}
-        out = model(data, compute_forces=True, compute_stress=has_stress)
+        if compiled is not None:
+            out = compiled(data, has_stress)
+        else:
+            out = model(data, compute_forces=True, compute_stress=has_stress)
         out = {k: v.detach() for k, v in out.items()}
         s = metric_sums(out, data)
         sums = s if sums is None else sums + s

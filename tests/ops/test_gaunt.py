@@ -48,13 +48,37 @@ def test_matches_brute_force_quadrature(lmax):
 def test_grid_and_fourier_agree(degrees):
     """The two published algorithms compute the same weighted, normalised product (float64)."""
     g = torch.Generator().manual_seed(sum(degrees))
-    grid, fourier = GauntGridTensorProduct(*degrees), GauntFourierTensorProduct(*degrees)
+    grid = GauntGridTensorProduct(*degrees, shared_operand="native")
+    fourier = GauntFourierTensorProduct(*degrees, shared_operand="native")
     x1 = torch.randn(7, 4, num_components(degrees[0]), generator=g, dtype=torch.float64)
     x2 = torch.randn(7, 1, num_components(degrees[1]), generator=g, dtype=torch.float64)
     w = torch.randn(7, 4, grid.weight_numel, generator=g, dtype=torch.float64)
     a, b = grid(x1, x2, w), fourier(x1, x2, w)
     assert (a - b).abs().max() < 1e-10 * a.abs().max()
     assert grid.weight_numel == fourier.weight_numel
+
+
+@pytest.mark.parametrize("cls", GAUNT)
+@pytest.mark.parametrize("degrees", [(0, 2, 2), (1, 2, 2), (2, 1, 3), (3, 3, 3), (5, 2, 4)])
+def test_shared_operand_coupling_equals_the_native_form(cls, degrees):
+    """The default path for a one-channel x2 (edge SH: the coupling tensor contracted with
+    x2 first) is the native grid / Fourier product to 1e-12 in float64, weights included,
+    and takes the same weights; with channels in x2 both paths are the native one."""
+    g = torch.Generator().manual_seed(sum(degrees))
+    fast, native = cls(*degrees), cls(*degrees, shared_operand="native")
+    assert fast.weight_numel == native.weight_numel
+    x1 = torch.randn(6, 5, num_components(degrees[0]), generator=g, dtype=torch.float64)
+    x2 = spherical_harmonics(torch.randn(6, 3, generator=g, dtype=torch.float64), degrees[1]).unsqueeze(1)
+    w = torch.randn(6, 5, fast.weight_numel, generator=g, dtype=torch.float64)
+    a, b = fast(x1, x2, w), native(x1, x2, w)
+    assert (a - b).abs().max() < 1e-12 * b.abs().max()
+    assert (fast(x1, x2) - native(x1, x2)).abs().max() < 1e-12 * b.abs().max()
+    x2c = torch.randn(6, 5, num_components(degrees[1]), generator=g, dtype=torch.float64)
+    assert torch.equal(fast(x1, x2c, w), native(x1, x2c, w))
+    a32 = fast.float()(x1.float(), x2.float(), w.float())
+    assert (a32.double() - b).abs().max() < 1e-5 * b.abs().max()
+    with pytest.raises(ValueError, match="shared_operand"):
+        cls(*degrees, shared_operand="grid")
 
 
 @pytest.mark.parametrize("lmax", [2, 4, 6])

@@ -51,6 +51,22 @@ def cg_path_tensor(lmax_in1: int, lmax_in2: int, lmax_out: int) -> torch.Tensor:
     return m
 
 
+@functools.lru_cache(maxsize=64)
+def cg_compact_paths(lmax_in1: int, lmax_in2: int, lmax_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The path tensor restricted to the (component i of x1, path p) pairs that couple,
+    i.e. deg(i) = l1(p): (K, D2, Dout) float64 with the index vectors of i and p (K,).
+
+    A path only reads the x1 components of its own degree l1, so of the D1 * P products
+    x1_i w_p only K = sum_p (2 l1(p) + 1) are used (15 of 28 for the (1, 2, 2) message).
+    """
+    paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
+    full = cg_path_tensor(lmax_in1, lmax_in2, lmax_out)
+    pairs = [(i, p) for p, (l1, _, _) in enumerate(paths) for i in range(l1**2, (l1 + 1) ** 2)]
+    index_i = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    index_p = torch.tensor([p for _, p in pairs], dtype=torch.long)
+    return full[index_p, index_i], index_i, index_p
+
+
 def cg_product(
     x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, paths: torch.Tensor
 ) -> torch.Tensor:
@@ -66,19 +82,24 @@ def cg_product(
         (..., C, Dout).
     """
     p, d1, d2, d3 = paths.shape
-    if x2.shape[-2] == 1:
-        # Shared second operand (edge SH): contract it with the paths once per row,
-        # then one batched matmul over (channel) x (D1 * P).
-        u = torch.einsum("...j,pijk->...ipk", x2[..., 0, :], paths)  # (..., D1, P, Dout)
-        t = x1.unsqueeze(-1) * weight.unsqueeze(-2)  # (..., C, D1, P)
-        lead = t.shape[:-3]
-        c = t.shape[-3]
-        out = torch.matmul(t.reshape(*lead, c, d1 * p), u.reshape(*lead, d1 * p, d3))
-        return out
     outer = (x1.unsqueeze(-1) * x2.unsqueeze(-2)).flatten(-2)  # (..., C, D1*D2)
     per_path = outer @ paths.permute(1, 2, 0, 3).reshape(d1 * d2, p * d3)  # (..., C, P*Dout)
     per_path = per_path.unflatten(-1, (p, d3))
     return (per_path * weight.unsqueeze(-1)).sum(-2)
+
+
+def cg_product_shared(
+    x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, compact: torch.Tensor,
+    index_i: torch.Tensor, index_p: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`cg_product` for a shared second operand (x2 with one channel, edge SH):
+    contract x2 with the coupling pairs once per row, then one batched matmul over
+    (channel) x K (``compact``, ``index_i``, ``index_p`` from :func:`cg_compact_paths`).
+    """
+    k, d2, d3 = compact.shape
+    u = (x2[..., 0, :] @ compact.permute(1, 0, 2).reshape(d2, k * d3)).unflatten(-1, (k, d3))
+    t = torch.index_select(x1, -1, index_i) * torch.index_select(weight, -1, index_p)  # (..., C, K)
+    return torch.matmul(t, u)
 
 
 class CGTensorProduct(TensorProduct):
@@ -93,14 +114,21 @@ class CGTensorProduct(TensorProduct):
         super().__init__(lmax_in1, lmax_in2, lmax_out)
         self.paths = cg_paths(lmax_in1, lmax_in2, lmax_out)
         self.weight_numel = len(self.paths)
+        _, index_i, index_p = cg_compact_paths(lmax_in1, lmax_in2, lmax_out)
+        self.register_buffer("index_i", index_i, persistent=False)
+        self.register_buffer("index_p", index_p, persistent=False)
         self.register_constants()
 
     def build_constants(self) -> dict[str, torch.Tensor]:
-        return {"paths": cg_path_tensor(self.lmax_in1, self.lmax_in2, self.lmax_out)}
+        degrees = (self.lmax_in1, self.lmax_in2, self.lmax_out)
+        return {"paths": cg_path_tensor(*degrees), "compact": cg_compact_paths(*degrees)[0]}
 
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         if weight is None:
             weight = x1.new_ones(self.weight_numel)
+        if x2.shape[-2] == 1:
+            weight = weight.expand(*x1.shape[:-1], self.weight_numel)
+            return cg_product_shared(x1, x2, weight, self.constant("compact", x1), self.index_i, self.index_p)
         return cg_product(x1, x2, weight, self.constant("paths", x1))

@@ -35,7 +35,7 @@ import torch
 
 from mlip.cache import cache_dir
 from mlip.ops.buffers import exact, register_exact, set_exact
-from mlip.ops.sh import degree_of_components, num_components
+from mlip.ops.sh import degree_of_components, num_components, per_component
 from mlip.ops.tp.base import TensorProduct
 from mlip.ops.tp.cg import cg_path_tensor, cg_paths
 
@@ -204,10 +204,16 @@ class CPTensorProduct(TensorProduct):
                 return per_path.sum(-2)
             return (per_path * weight.unsqueeze(-1)).sum(-2)
         if weight is not None:
-            x1 = x1 * weight[..., : self.lmax_in1 + 1][..., self.deg1]
-        out = ((x1 @ b) * (x2 @ c)) @ a.T
+            x1 = x1 * per_component(weight[..., : self.lmax_in1 + 1], self.deg1)
+        if x2.shape[-2] == 1:
+            # Shared second operand (edge SH): the same sum over the rank reassociated into a
+            # (D1, Dout) matrix per row, u = b diag(x2 c) a^T, that every channel multiplies.
+            u = ((x2 @ c) * b) @ a.T  # (..., 1, R) * (D1, R) -> (..., D1, Dout)
+            out = torch.matmul(x1, u)
+        else:
+            out = ((x1 @ b) * (x2 @ c)) @ a.T
         if weight is not None:
-            out = out * weight[..., self.lmax_in1 + 1 :][..., self.deg_out]
+            out = out * per_component(weight[..., self.lmax_in1 + 1 :], self.deg_out)
         return out
 
 

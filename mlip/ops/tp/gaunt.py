@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from mlip.ops.sh import degree_of_components, num_components, spherical_harmonics
+from mlip.ops.sh import degree_of_components, num_components, per_component, spherical_harmonics
 from mlip.ops.tp.base import TensorProduct
 
 
@@ -103,20 +103,46 @@ def gaunt_grid_product(
     return ((x1 @ to1) * (x2 @ to2)) @ from_grid
 
 
+@functools.lru_cache(maxsize=64)
+def gaunt_coupling(lmax_in1: int, lmax_in2: int, lmax_out: int) -> torch.Tensor:
+    """The normalised Gaunt coupling tensor G[j, i, k] = sum_g to1[i, g] to2[j, g] proj[g, k]
+    as (D2, D1 * Dout) float64: the product is out_k = sum_ij G[j, i, k] x1_i x2_j."""
+    to1, to2, proj = gaunt_grid_matrices(lmax_in1, lmax_in2, lmax_out)
+    coupling = torch.einsum("ig,jg,gk->jik", to1, to2, proj)
+    return coupling.reshape(coupling.shape[0], -1)
+
+
 class _GauntTensorProduct(TensorProduct):
     """Per-degree weights around a Gaunt product; subclasses provide the three product
     matrices (``build_constants``: to_grid1, to_grid2, from_grid) and ``_product``.
 
     Weights: per channel, one for each degree of x1 (applied before the product) and one
     for each output degree (after), ``weight_numel = (lmax_in1 + 1) + (lmax_out + 1)``.
+
+    A shared second operand (x2 with one channel, the edge SH of a message) is contracted
+    with the exact coupling tensor first, once per row, giving a (D1, Dout) matrix that
+    every channel then multiplies (``shared_operand="coupling"``, the default): the same
+    product to float rounding, at D1 * Dout multiply-adds per channel instead of the
+    subclass's transform to the grid or Fourier basis and back (252 vs 36 for the
+    (1, 2, 2) message of the benchmark models; measured in docs/benchmarks.md).
+    ``shared_operand="native"`` keeps the subclass's own form for every input.
     """
 
-    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
+    def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int,
+                 shared_operand: str = "coupling") -> None:
         super().__init__(lmax_in1, lmax_in2, lmax_out)
+        if shared_operand not in ("coupling", "native"):
+            raise ValueError(f"shared_operand must be 'coupling' or 'native', got {shared_operand!r}")
+        self.shared_operand = shared_operand
         self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
         self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
         self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
         self.register_constants()
+
+    def build_constants(self) -> dict[str, torch.Tensor]:
+        if self.shared_operand != "coupling":
+            return {}
+        return {"coupling": gaunt_coupling(self.lmax_in1, self.lmax_in2, self.lmax_out)}
 
     def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -124,13 +150,18 @@ class _GauntTensorProduct(TensorProduct):
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        matrices = [self.constant(name, x1) for name in ("to1", "to2", "proj")]
         if weight is not None:
             w1, w_out = weight[..., : self.lmax_in1 + 1], weight[..., self.lmax_in1 + 1 :]
-            x1 = x1 * w1[..., self.deg1]
-        out = self._product(x1, x2, *matrices)
+            x1 = x1 * per_component(w1, self.deg1)
+        if self.shared_operand == "coupling" and x2.shape[-2] == 1:
+            coupling = self.constant("coupling", x1)
+            u = (x2[..., 0, :] @ coupling).unflatten(-1, (x1.shape[-1], -1))  # (..., D1, Dout)
+            out = torch.matmul(x1, u)
+        else:
+            matrices = [self.constant(name, x1) for name in ("to1", "to2", "proj")]
+            out = self._product(x1, x2, *matrices)
         if weight is not None:
-            out = out * w_out[..., self.deg_out]
+            out = out * per_component(w_out, self.deg_out)
         return out
 
 
@@ -144,7 +175,7 @@ class GauntGridTensorProduct(_GauntTensorProduct):
 
     def build_constants(self) -> dict[str, torch.Tensor]:
         matrices = gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
-        return dict(zip(("to1", "to2", "proj"), matrices, strict=True))
+        return {**super().build_constants(), **dict(zip(("to1", "to2", "proj"), matrices, strict=True))}
 
     def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
         return gaunt_grid_product(x1, x2, *matrices)
@@ -273,7 +304,7 @@ class GauntFourierTensorProduct(_GauntTensorProduct):
 
     def build_constants(self) -> dict[str, torch.Tensor]:
         matrices = gaunt_fourier_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
-        return dict(zip(("to1", "to2", "proj"), matrices, strict=True))
+        return {**super().build_constants(), **dict(zip(("to1", "to2", "proj"), matrices, strict=True))}
 
     def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
         return gaunt_fourier_product(x1, x2, *matrices)

@@ -1,0 +1,165 @@
+"""GPU check (issue 12 item 5): CUDA vs CPU forces, MD speed at ~1k/10k/100k atoms and with
+batched replicas, training throughput, peak GPU memory; eager and AOT-compiled.
+
+    python tools/gpu_check.py --device cuda --out gpu_check.json      # (tools/gpu_check.sh)
+    python tools/gpu_check.py --device cpu --sizes 1 --steps 2 --replicas 4 --train-steps 2  # smoke test
+
+The model has the Gaunt benchmark architecture (configs/acac_bench_gaunt.yaml) trained for
+--train-steps Adam steps on bundled acac data (speed does not depend on the weights; a few
+steps keep MD physical). Systems are the 960-atom acac box of BASELINES.md repeated
+n x n x n (--sizes), built here from 64 bundled molecules when ../shared is absent.
+Every figure is printed as it is measured, so a run cut short still reports what it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+import torch
+from ase import units
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_md import quickstart_model  # noqa: E402
+
+from mlip.calculator import MLIPCalculator  # noqa: E402
+from mlip.graph.build import atoms_to_batch  # noqa: E402
+from mlip.md.ase_driver import MDSettings  # noqa: E402
+from mlip.md.replicas import run_replicas  # noqa: E402
+from mlip.training.metrics import weighted_loss  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def acac_box(frames: list[ase.Atoms]) -> ase.Atoms:
+    """The BASELINES box when ../shared is there, else 64 molecules on a 4x4x4 lattice at
+    about 1 g/cm^3 (same atom count)."""
+    shared = ROOT.parent / "shared" / "data" / "bench" / "acac_box64.xyz"
+    if shared.is_file():
+        return ase.io.read(shared)
+    box = ase.Atoms(cell=np.eye(3) * 20.0, pbc=True)
+    for k in range(64):
+        mol = frames[k % len(frames)].copy()
+        mol.positions += 5.0 * np.array([k % 4, (k // 4) % 4, k // 16]) + 1.0 - mol.positions.mean(0)
+        box += mol
+    return box
+
+
+def md_rate(atoms: ase.Atoms, model, device, mode: str, steps: int) -> dict:
+    calc = MLIPCalculator(model, device=str(device), compile=mode)
+    a = atoms.copy()
+    a.calc = calc
+    thermalize_momenta(a, 300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(a, 0.5 * units.fs)
+    t = time.perf_counter()
+    dyn.run(2)  # warm-up (and compilation)
+    warm = time.perf_counter() - t
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t = time.perf_counter()
+    dyn.run(steps)
+    sync(device)
+    dt = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"atoms": len(a), "mode": mode, "steps_per_s": steps / dt,
+            "atom_steps_per_s": steps * len(a) / dt, "warmup_s": warm, "peak_gib": peak,
+            "ms_neighbors": 1e3 * calc.timings["neighbors"] / max(calc.timings["calls"], 1),
+            "ms_model": 1e3 * calc.timings["model"] / max(calc.timings["calls"], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", default="1,2,5", help="box repeats n (n^3 x 960 atoms)")
+    parser.add_argument("--modes", default="eager,aot")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--out", default=None, help="JSON with every figure")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__, "md": [], "replicas": [], "training": {}}
+
+    def emit(kind: str, row: dict) -> None:
+        print(json.dumps({kind: row}), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+
+    acac = ROOT / "data" / "acac"
+    frames = ase.io.read(acac / "train_300K.xyz", ":50")
+    iso = ase.io.read(acac / "isolated_atoms.xyz", ":")
+    t = time.perf_counter()
+    model = quickstart_model(frames, iso, args.train_steps, ROOT / "configs" / "acac_bench_gaunt.yaml")
+    print(f"model ready in {time.perf_counter() - t:.0f} s", flush=True)
+
+    # 1. The same model on both devices (float64): forces agree.
+    box = acac_box(frames)
+    cpu64 = MLIPCalculator(model, device="cpu", dtype="float64")
+    dev64 = MLIPCalculator(model, device=str(device), dtype="float64")
+    for name, atoms in (("molecule", frames[0]), ("box", box)):
+        f = [c.get_forces(atoms.copy()) for c in (cpu64, dev64)]
+        report[f"max_force_diff_{name}_float64"] = float(np.abs(f[0] - f[1]).max())
+        emit("forces", {name: report[f"max_force_diff_{name}_float64"]})
+
+    # 2. MD speed, float32, eager and compiled, growing systems.
+    for n in [int(x) for x in args.sizes.split(",")]:
+        atoms = box.repeat((n, n, n))
+        for mode in args.modes.split(","):
+            try:
+                row = md_rate(atoms, model, device, mode, args.steps)
+            except torch.OutOfMemoryError as err:
+                row = {"atoms": len(atoms), "mode": mode, "error": f"out of memory: {str(err)[:120]}"}
+                torch.cuda.empty_cache()
+            report["md"].append(row)
+            emit("md", row)
+
+    # 3. Batched replicas of one molecule.
+    for mode in args.modes.split(","):
+        calc = MLIPCalculator(model, device=str(device), compile=mode)
+        settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=2, progress=False)
+        run_replicas(calc, frames[0], settings, args.replicas)
+        settings.steps = args.steps
+        out = run_replicas(calc, frames[0], settings, args.replicas)
+        row = {"replicas": args.replicas, "mode": mode, "steps_per_s": out["steps_per_second"],
+               "atom_steps_per_s": out["steps_per_second"] * args.replicas * len(frames[0])}
+        report["replicas"].append(row)
+        emit("replicas", row)
+
+    # 4. Training throughput (float32, batch 5 as the benchmark config).
+    train = model.to(device=device, dtype=torch.float32).train()
+    for p in train.parameters():
+        p.requires_grad_(True)
+    batches = [{k: v.to(device) for k, v in atoms_to_batch(frames[k:k + 5], train.cutoff).items()}
+               for k in range(0, 50, 5)]
+    opt = torch.optim.Adam(train.parameters(), lr=1e-3)
+    for step in range(3 + 2 * len(batches)):
+        if step == 3:
+            sync(device)
+            t = time.perf_counter()
+        data = batches[step % len(batches)]
+        opt.zero_grad()
+        weighted_loss(train(data, training=True), data, 1.0, 100.0, 0.0)["loss"].backward()
+        opt.step()
+    sync(device)
+    report["training"] = {"structures_per_s": 2 * len(batches) * 5 / (time.perf_counter() - t)}
+    emit("training", report["training"])
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

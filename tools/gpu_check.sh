@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU check of issue 12 item 5, sized to finish within 8 minutes on one GPU.
+# On the lent device machine (python3 there has CUDA torch, e3nn, lightning, tensorboard;
+# ase, vesin and lmdb travel as wheels). Once per checkout, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl ase vesin lmdb
+#   (ase also needs its pure-python dependencies if absent there: check with pip show)
+# then run this script through the device tool with carry [".whl"]:
+#   bash tools/gpu_check.sh
+# Figures go to $OUT/gpu_check.json (or ./gpu_check.json) and stdout, one line per figure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+out="${OUT:-.}/gpu_check.json"
+timeout 450 python3 tools/gpu_check.py --device cuda --out "$out" "$@"
+echo "exit $? (124 = stopped at the 450 s limit; the JSON holds what was measured)"
