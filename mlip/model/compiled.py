@@ -154,8 +154,6 @@ class CompiledForceField:
             start = time.perf_counter()
             self._runner = torch._inductor.aoti_load_package(str(self.path))
             self.load_seconds = time.perf_counter() - start
-        except CompileError:
-            raise
         except Exception as err:  # noqa: BLE001 - every failure means: fall back to eager
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CompileError(f"{type(err).__name__}: {first[:200]}") from err
