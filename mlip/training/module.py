@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -80,6 +81,32 @@ class PotentialModule(L.LightningModule):
                 for opt in self.trainer.optimizers:
                     for group in opt.param_groups:
                         group["lr"] = lr
+            self._restart_selection()
+
+    def _restart_selection(self) -> None:
+        """From stage two on, val/loss uses the stage-two weights, so everything that ranks
+        epochs by it starts afresh: the best checkpoint (else a stage-one epoch, scored with
+        other weights, stays "best" and becomes the exported model), early stopping and the
+        plateau scheduler."""
+        trainer = self.trainer
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "monitor", None) != "val/loss":
+                continue
+            old = cb.best_model_path
+            cb.best_k_models = {}
+            cb.best_model_path = cb.kth_best_model_path = ""
+            cb.best_model_score = None
+            cb.kth_value = torch.tensor(float("inf") if cb.mode == "min" else -float("inf"))
+            if old and trainer.is_global_zero:
+                Path(old).unlink(missing_ok=True)
+        for cb in trainer.early_stopping_callbacks:
+            cb.wait_count = 0
+            cb.best_score = torch.tensor(float("inf") if cb.mode == "min" else -float("inf"))
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.best = sched.mode_worse
+                sched.num_bad_epochs = 0
 
     def loss_weights(self, stage_two: bool) -> tuple[float, float, float]:
         tc = self.config["training"]
@@ -135,7 +162,9 @@ class PotentialModule(L.LightningModule):
     def validation_step(self, data: dict[str, torch.Tensor], batch_idx: int) -> None:
         with torch.enable_grad():
             pred = self(data, training=False)
-        losses = weighted_loss(pred, data, *self.loss_weights(False))
+        # the current stage's weights: the best checkpoint of stage two is chosen by the
+        # loss stage two trains (selection restarts when it begins, _restart_selection)
+        losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
         self._accumulate("val", pred, data)
         self.log("val/loss", losses["loss"], batch_size=int(data[keys.NUM_ATOMS].shape[0]),
                  sync_dist=True, prog_bar=False)

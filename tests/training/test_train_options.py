@@ -41,3 +41,21 @@ def test_unknown_scheduler_is_refused(tiny_data, write_config, capsys):
     cfg = write_config(tiny_data, scheduler="exponential")
     assert main(["train", "--config", str(cfg)]) == 1
     assert "unknown scheduler 'exponential': use plateau, cosine or none" in capsys.readouterr().err
+
+
+def test_best_checkpoint_is_chosen_within_stage_two(tiny_data, write_config):
+    """From stage two on val/loss carries the stage-two weights and the best-checkpoint
+    selection restarts: the exported model is a stage-two epoch, not a stage-one epoch
+    ranked by a loss with other weights."""
+    import torch
+
+    # a stage two that trains energies only, at a high rate: forces get worse, so a
+    # selection by the stage-one loss would keep epoch 0
+    cfg = write_config(tiny_data, stage_two_start=1, stage_two_energy_weight=1000.0,
+                       stage_two_forces_weight=0.0, stage_two_lr=0.05)
+    assert main(["train", "--config", str(cfg), "data.test=[]", "training.max_epochs=3"]) == 0
+    run = tiny_data / "runs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["stage_two"] is True and best["epoch"] >= 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
