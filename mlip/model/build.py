@@ -62,6 +62,7 @@ def build_potential(
         backbone, atomic_numbers, e0s, scale=scale, shift=shift, cutoff=cutoff,
         avg_num_neighbors=avg_num_neighbors, repulsion=model_config.get("repulsion"),
         baseline=model_config.get("baseline", "per_element"),
+        learn_shift=bool(model_config.get("learn_shift", False)),
     )
     if prepare:
         potential.prepare()

@@ -1,6 +1,7 @@
 """The potential: E0 + shift + scaled backbone per-atom energies, with forces and stress.
 
-E_i = E0[z_i] + shift[z_i] * g(n_i) + scale * (b_i - b_iso[z_i]) (+ ZBL_i),   E = sum_i E_i,
+E_i = E0[z_i] + (shift[z_i] + scale * c[z_i]) * g(n_i) + scale * (b_i - b_iso[z_i]) (+ ZBL_i),
+E = sum_i E_i,
 
 where b_i is the backbone's per-atom output, b_iso[z] the backbone's output for a lone atom
 of element z, shift[z] the mean interaction energy per atom of element z in the training
@@ -16,6 +17,15 @@ of about shift / n_avg per neighbour (-0.4 eV on acac) that the network must can
 every geometry it has not seen (it made torsion scans and compressed molecules fall below
 the minimum). It stays for model files written with it (format version <= 2); measured,
 it helps nowhere (docs/benchmarks.md, issue 16). ``baseline="none"``: no shift.
+
+``learn_shift=True`` adds the trainable per-element correction c to the shift (initialised
+at 0, in units of ``scale``; without it c = 0; training configs turn it on). The statistics' shift is the mean of the training energies, but
+the learned part can only move the energy of an atom in a dense environment by changing
+its radial functions, which moves forces and stress with it; on a one-element solid
+(Cu, every atom with ~46 neighbours) that coupling left a constant per-atom energy error of
+50-300 meV/atom that the energy loss could not remove without breaking forces or stress
+(docs/benchmarks.md, issue 16 item 5). The correction is a constant for every atom with a
+neighbour, so it changes no force and no stress, and an isolated atom still has exactly E0.
 
 Energies are accumulated in float64 whatever the model dtype: total energies of molecules
 are thousands of eV, where float32 resolves only ~1 meV. The E0s are an exact float64
@@ -60,6 +70,7 @@ class Potential(nn.Module):
         baseline: how the shift enters: ``"per_element"`` (default; a neighbour-independent
             constant, switched off only for an isolated atom), ``"coordination"`` (legacy:
             shift * n_i / n_avg) or ``"none"``.
+        learn_shift: add a trainable per-element correction to the shift (see above).
         cutoff: graph cutoff [Å] the model was trained with.
         avg_num_neighbors: average neighbour count of the training data.
         repulsion: keyword arguments of a :class:`~mlip.model.repulsion.ZBLRepulsion` added
@@ -77,6 +88,7 @@ class Potential(nn.Module):
         avg_num_neighbors: float = 1.0,
         repulsion: dict | None = None,
         baseline: str = "per_element",
+        learn_shift: bool = False,
     ) -> None:
         super().__init__()
         if len(atomic_numbers) != len(e0s):
@@ -104,6 +116,12 @@ class Potential(nn.Module):
             shifts = torch.zeros_like(shifts)
         self.register_buffer("scale", torch.tensor(float(scale)))
         register_exact(self, "shift", shifts, persistent=True)
+        self.learn_shift = bool(learn_shift)
+        if self.learn_shift:
+            if baseline == "none":
+                raise ValueError("learn_shift needs a baseline (per_element or coordination)")
+            # in units of scale, so one optimiser step moves it as much as the readout's
+            self.shift_correction = nn.Parameter(torch.zeros(len(self.atomic_numbers)))
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
         self.envelope = PolynomialCutoff(cutoff)
         self.repulsion = None if repulsion is None else ZBLRepulsion(self.atomic_numbers, **repulsion)
@@ -117,12 +135,21 @@ class Potential(nn.Module):
 
     @property
     def shift(self) -> torch.Tensor:
-        """(S,) float64 per-atom energy shifts [eV], in species order."""
+        """(S,) float64 per-atom energy shifts from the statistics [eV], in species order
+        (without the learned correction; see :meth:`effective_shift`)."""
         return exact(self, "shift")
+
+    def effective_shift(self) -> torch.Tensor:
+        """(S,) float64 shift the energy uses: statistics plus the learned correction."""
+        if not self.learn_shift:
+            return self.shift
+        return self.shift + self.scale.double() * self.shift_correction.detach().double()
 
     def baseline_energies(self, coordination: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """(N,) float64 shift term of each atom from its smooth coordination number."""
         shift = self.shift[species]
+        if self.learn_shift:
+            shift = shift + self.scale.double() * self.shift_correction.double()[species]
         if self.baseline == "coordination":
             return shift * (coordination.double() * self.inv_avg_neighbors.double())
         x = coordination.double().clamp(0.0, 1.0)

@@ -91,3 +91,52 @@ def test_per_element_shift_statistics():
     mean = stats.energy_per_atom_mean
     assert all(v == pytest.approx(mean, abs=1e-12) for v in stats.energy_per_atom_by_element.values())
     assert stats.from_dict(stats.to_dict()) == stats
+
+
+def test_learned_shift_moves_energy_only():
+    """The trainable shift correction: a constant for every bonded atom (no force, no stress
+    on a periodic cell), zero for an isolated atom, trained by the energy loss alone, and
+    carried through a model file."""
+    from mlip.graph.build import atoms_to_batch
+
+    fixed = model()
+    learned = build_potential({"backbone": BACKBONE, "learn_shift": True}, [1, 6, 8], E0S, 2.0,
+                              SHIFTS, 5.0, 12.0).double()
+    learned.backbone.load_state_dict(fixed.backbone.state_dict())
+    learned.scale.fill_(1.0)
+    with torch.no_grad():
+        learned.shift_correction.copy_(torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64))
+    mol = ase.Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                      [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    p, q = physics.predict(learned, [mol]), physics.predict(fixed, [mol])
+    assert p["energy"][0] - q["energy"][0] == pytest.approx(-0.2 + 4 * 0.1, abs=1e-9)
+    np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)
+    cell = ase.Atoms("C2", scaled_positions=[[0, 0, 0], [0.25, 0.25, 0.25]],
+                     cell=np.eye(3) * 3.6, pbc=True)
+    cell.rattle(0.05, seed=1)
+    p, q = (physics.predict(m, [cell], stress=True) for m in (learned, fixed))
+    assert p["energy"][0] - q["energy"][0] == pytest.approx(2 * -0.2, abs=1e-9)
+    np.testing.assert_allclose(p["stress"], q["stress"], atol=1e-12)
+    assert physics.measure_isolated_atom_error(learned) < 1e-10
+    # the energy loss reaches it; forces and stress do not
+    data = atoms_to_batch([mol], learned.cutoff, dtype=torch.float64)
+    out = learned(data, compute_forces=True, training=True)
+    (grad_e,) = torch.autograd.grad(out["energy"].sum(), learned.shift_correction, retain_graph=True)
+    assert grad_e.tolist() == pytest.approx([4.0, 1.0, 0.0])
+    (grad_f,) = torch.autograd.grad(out["forces"].square().sum(), learned.shift_correction,
+                                    allow_unused=True)
+    assert grad_f is None or torch.all(grad_f == 0)
+    assert learned.effective_shift().tolist() == pytest.approx([-2.9, -6.2, -4.7])
+
+
+def test_learned_shift_round_trips(tmp_path):
+    from mlip.model.io import load_model, save_model
+
+    learned = build_potential({"backbone": BACKBONE, "learn_shift": True}, [1, 6, 8], E0S, 1.0,
+                              SHIFTS, 5.0, 12.0).double()
+    with torch.no_grad():
+        learned.shift_correction.copy_(torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64))
+    path = save_model(tmp_path / "m.pt", learned, {"backbone": BACKBONE, "learn_shift": True}, 12.0)
+    again = load_model(path)
+    assert again.learn_shift and again.shift_correction.tolist() == pytest.approx([0.1, -0.2, 0.3])
+    assert load_model(save_model(tmp_path / "f.pt", model(), {"backbone": BACKBONE}, 12.0)).learn_shift is False
