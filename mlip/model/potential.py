@@ -19,8 +19,8 @@ the minimum). It stays for model files written with it (format version <= 2); me
 it helps nowhere (docs/benchmarks.md, issue 16). ``baseline="none"``: no shift.
 
 ``learn_shift=True`` adds the trainable per-element correction c to the shift (initialised
-at 0, in units of ``scale``; without it c = 0; training configs turn it on). The statistics' shift is the mean of the training energies, but
-the learned part can only move the energy of an atom in a dense environment by changing
+at 0, in units of ``scale``; without it c = 0; training configs turn it on). The
+statistics' shift is the mean of the training energies, but the learned part can only move the energy of an atom in a dense environment by changing
 its radial functions, which moves forces and stress with it; on a one-element solid
 (Cu, every atom with ~46 neighbours) that coupling left a constant per-atom energy error of
 50-300 meV/atom that the energy loss could not remove without breaking forces or stress
@@ -141,15 +141,16 @@ class Potential(nn.Module):
 
     def effective_shift(self) -> torch.Tensor:
         """(S,) float64 shift the energy uses: statistics plus the learned correction."""
+        return self._shift_with_correction().detach()
+
+    def _shift_with_correction(self) -> torch.Tensor:
         if not self.learn_shift:
             return self.shift
-        return self.shift + self.scale.double() * self.shift_correction.detach().double()
+        return self.shift + self.scale.double() * self.shift_correction.double()
 
     def baseline_energies(self, coordination: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """(N,) float64 shift term of each atom from its smooth coordination number."""
-        shift = self.shift[species]
-        if self.learn_shift:
-            shift = shift + self.scale.double() * self.shift_correction.double()[species]
+        shift = self._shift_with_correction()[species]
         if self.baseline == "coordination":
             return shift * (coordination.double() * self.inv_avg_neighbors.double())
         x = coordination.double().clamp(0.0, 1.0)
