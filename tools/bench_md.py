@@ -14,13 +14,28 @@ or given with --acac-model / --cu-model. ASE VelocityVerlet, 0.5 fs, 300 K start
 warm-up (which includes compilation). The split per step: neighbour list (Verlet-skin
 rebuilds, position upload, cutoff mask), model (energy + forces (+ stress for periodic
 cells), download), and everything else (ASE integrator, Atoms copies, Python).
+
+Every backbone: ``--config`` takes several run configs (each gives briefly trained acac and
+Cu models of its architecture), ``--acac-model`` several trained files. MACE in the same run:
+``--mace-model`` (and ``--mace-cu-model`` for the Cu cell) with ``--mace-venv`` times
+mace-torch's MACECalculator through the same ASE loop, same system, steps, threads, dtype and
+malloc settings, in a subprocess of its own venv (mace-torch pins e3nn 0.4.4), one after the
+other with nothing else running; every mlip row then gets its ratio to MACE in atom-steps/s
+(for the batched replicas, against MACE on one molecule):
+
+    python tools/bench_md.py --threads 1 --modes eager,aot --systems acac,box \
+        --acac-model checkpoints/bench_gaunt/model.pt --mace-model <mace>.model \
+        --mace-venv <mace venv>
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -142,12 +157,64 @@ def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str) ->
             if calc.compiled else float("nan"), "load_s": float("nan")}
 
 
+MACE_TIMER = r"""
+import ctypes, json, os, sys, time
+import ase.io, numpy as np, torch
+from ase import units
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from mace.calculators import MACECalculator
+if not os.environ.get("MLIP_NO_MALLOC_TUNING"):
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-4, 0)
+    libc.mallopt(-1, 2**31 - 1)
+model, xyz, steps, warmup, threads, dtype = sys.argv[1:7]
+steps, warmup = int(steps), int(warmup)
+torch.set_num_threads(int(threads))
+atoms = ase.io.read(xyz)
+atoms.calc = MACECalculator(model_paths=model, device="cpu", default_dtype=dtype)
+thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
+dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+t = time.perf_counter()
+dyn.run(warmup)
+warmup_s = time.perf_counter() - t
+t = time.perf_counter()
+dyn.run(steps)
+total = time.perf_counter() - t
+print("MACE_RESULT " + json.dumps({"steps_per_s": steps / total, "warmup_s": warmup_s,
+                                    "atom_steps_per_s": steps * len(atoms) / total}))
+"""
+
+
+def time_mace(venv: str, model: str, atoms: ase.Atoms, steps: int, warmup: int, threads: int,
+              dtype: str) -> dict:
+    """MACECalculator through the same ASE VelocityVerlet loop, in MACE's own venv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xyz = Path(tmp) / "start.xyz"
+        start = atoms.copy()
+        start.calc = None
+        ase.io.write(xyz, start, format="extxyz")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run([f"{venv}/bin/python", "-c", MACE_TIMER, model, str(xyz), str(steps),
+                               str(warmup), str(threads), dtype], capture_output=True, text=True,
+                              env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MACE_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"MACE timing failed ({model}): {tail}")
+    return json.loads(lines[-1].removeprefix("MACE_RESULT "))
+
+
 def allocator_setting() -> str:
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         return "glibc tuned by environment (MALLOC_MMAP_MAX_=0)"
     if os.environ.get("MLIP_NO_MALLOC_TUNING"):
         return "glibc default (MLIP_NO_MALLOC_TUNING=1)"
     return "glibc tuned in-process by this tool (no mmap, no trim)"
+
+
+def fmt(x: float, spec: str) -> str:
+    return "-" if x != x else format(x, spec)  # NaN: not measured for this row
 
 
 def main() -> None:
@@ -164,30 +231,41 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=16)
     parser.add_argument("--train-steps", type=int, default=60)
-    parser.add_argument("--acac-model", default=None, help="model file (default: trained briefly)")
-    parser.add_argument("--cu-model", default=None, help="model file (default: trained briefly)")
-    parser.add_argument("--config", default=None,
-                        help="architecture of the briefly trained models (default quickstart.yaml)")
+    parser.add_argument("--acac-model", nargs="*", default=[],
+                        help="trained acac model files (default: configs trained briefly)")
+    parser.add_argument("--cu-model", default=None,
+                        help="trained Cu model for the --acac-model rows (default: Cu skipped for them)")
+    parser.add_argument("--config", nargs="*", default=[],
+                        help="run configs whose architectures are trained briefly and timed "
+                             "(default quickstart.yaml when no --acac-model is given)")
+    parser.add_argument("--mace-model", default=None, help="MACE model for the acac systems")
+    parser.add_argument("--mace-cu-model", default=None, help="MACE model for the Cu cell")
+    parser.add_argument("--mace-venv", default=os.environ.get("MACE_VENV"),
+                        help="venv with mace-torch (default $MACE_VENV)")
     args = parser.parse_args()
+    if (args.mace_model or args.mace_cu_model) and not args.mace_venv:
+        parser.error("--mace-model needs --mace-venv (or $MACE_VENV): MACE runs in its own venv")
     dtype = getattr(torch, args.dtype)
     wanted = args.systems.split(",")
     acac_path = ROOT / "data" / "acac"
     torch.set_num_threads(2)
     t = time.perf_counter()
-    if args.acac_model:
-        acac_model = load_model(args.acac_model, dtype=dtype)
-    else:
-        acac_model = quickstart_model(ase.io.read(acac_path / "train_300K.xyz", ":50"),
-                                      ase.io.read(acac_path / "isolated_atoms.xyz", ":"),
-                                      args.train_steps, args.config).to(dtype)
-    if "cu" in wanted:
-        cu_model = (load_model(args.cu_model, dtype=dtype) if args.cu_model else
-                    quickstart_model(ase.io.read(SHARED / "cu_emt" / "train.xyz", ":20"),
-                                     ase.io.read(SHARED / "cu_emt" / "isolated_atoms.xyz", ":"),
-                                     args.train_steps, args.config).to(dtype))
-    print(f"models ready in {time.perf_counter() - t:.0f} s "
-          f"({sum(p.numel() for p in acac_model.parameters()):,} parameters, "
-          f"{args.acac_model or args.config or 'quickstart architecture'})")
+    entries = []  # (label, acac model, Cu model or None)
+    for path in args.acac_model:
+        cu = load_model(args.cu_model, dtype=dtype) if args.cu_model and "cu" in wanted else None
+        entries.append((Path(path).parent.name or Path(path).stem, load_model(path, dtype=dtype), cu))
+    configs = args.config or ([] if args.acac_model else [str(ROOT / "configs" / "quickstart.yaml")])
+    for config in configs:
+        acac = quickstart_model(ase.io.read(acac_path / "train_300K.xyz", ":50"),
+                                ase.io.read(acac_path / "isolated_atoms.xyz", ":"),
+                                args.train_steps, Path(config)).to(dtype)
+        cu = (quickstart_model(ase.io.read(SHARED / "cu_emt" / "train.xyz", ":20"),
+                               ase.io.read(SHARED / "cu_emt" / "isolated_atoms.xyz", ":"),
+                               args.train_steps, Path(config)).to(dtype) if "cu" in wanted else None)
+        entries.append((Path(config).stem, acac, cu))
+    for label, acac, _ in entries:
+        print(f"model {label}: {sum(p.numel() for p in acac.parameters()):,} parameters")
+    print(f"models ready in {time.perf_counter() - t:.0f} s")
     molecule = ase.io.read(acac_path / "train_300K.xyz", 0)
     box_file = SHARED / "bench" / "acac_box64.xyz"
     systems = {
@@ -198,33 +276,47 @@ def main() -> None:
     }
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.dtype}, "
           f"allocator: {allocator_setting()}")
-    header = ("| system | atoms | threads | mode | steps/s | atom-steps/s | NL ms | model ms | "
-              "other ms | NL builds /100 steps | warm-up s | compile s | cached load s |")
+    header = ("| system | atoms | threads | model | mode | steps/s | atom-steps/s | vs MACE | NL ms | "
+              "model ms | other ms | NL builds /100 steps | warm-up s | compile s | cached load s |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for threads in [int(x) for x in args.threads.split(",")]:
         torch.set_num_threads(threads)
+        mace_rate: dict[str, float] = {}
         for key in wanted:
             name, make, which, steps = systems[key]
             if key == "box" and not box_file.is_file():
                 print(f"| {name} | structure {box_file} not found, skipped |")
                 continue
             atoms = make()
-            model = acac_model if which == "acac" else cu_model
-            for mode in args.modes.split(","):
-                mode = {"compiled": "aot"}.get(mode, mode)
-                if key == "replicas":
-                    r = time_replicas(atoms, model, args.replicas, steps, mode)
-                    n_atoms = f"{args.replicas} x {len(atoms)}"
-                else:
-                    r = time_md(atoms, model, steps, args.warmup, mode)
-                    n_atoms = str(len(atoms))
-                print(f"| {name} | {n_atoms} | {threads} | {mode} | {r['steps_per_s']:.2f} | "
-                      f"{r['atom_steps_per_s']:,.0f} | {r['ms_nl']:.2f} | {r['ms_model']:.2f} | "
-                      f"{r['ms_other']:.2f} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} | "
-                      f"{r['compile_s']:.1f} | {r['load_s']:.2f} |",
+            mace_file = args.mace_cu_model if which == "cu" else args.mace_model
+            if mace_file and key != "replicas":
+                m = time_mace(args.mace_venv, mace_file, atoms, steps, args.warmup, threads, args.dtype)
+                mace_rate[key] = m["atom_steps_per_s"]
+                print(f"| {name} | {len(atoms)} | {threads} | MACE | eager | {m['steps_per_s']:.2f} | "
+                      f"{m['atom_steps_per_s']:,.0f} | 1.0x | - | - | - | - | {m['warmup_s']:.1f} | - | - |",
                       flush=True)
-    print("done: steps/s are ASE MD steps (batched steps for replicas); NL = neighbour list.")
+            reference = mace_rate.get("acac" if key == "replicas" else key, float("nan"))
+            for label, acac, cu in entries:
+                model = acac if which == "acac" else cu
+                if model is None:
+                    continue
+                for mode in args.modes.split(","):
+                    mode = {"compiled": "aot"}.get(mode, mode)
+                    if key == "replicas":
+                        r = time_replicas(atoms, model, args.replicas, steps, mode)
+                        n_atoms = f"{args.replicas} x {len(atoms)}"
+                    else:
+                        r = time_md(atoms, model, steps, args.warmup, mode)
+                        n_atoms = str(len(atoms))
+                    print(f"| {name} | {n_atoms} | {threads} | {label} | {mode} | {r['steps_per_s']:.2f} | "
+                          f"{r['atom_steps_per_s']:,.0f} | {fmt(r['atom_steps_per_s'] / reference, '.1f')}x | "
+                          f"{fmt(r['ms_nl'], '.2f')} | {fmt(r['ms_model'], '.2f')} | "
+                          f"{fmt(r['ms_other'], '.2f')} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} | "
+                          f"{fmt(r['compile_s'], '.1f')} | {fmt(r['load_s'], '.2f')} |",
+                          flush=True)
+    print("done: steps/s are ASE MD steps (batched steps for replicas); NL = neighbour list; "
+          "vs MACE = atom-steps/s over MACE's on the same system (replicas: on one molecule).")
 
 
 if __name__ == "__main__":
