@@ -95,6 +95,12 @@ DEFAULTS: dict[str, Any] = {
         "augment_rotations": False,  # rotate every training batch randomly (baseline)
         "equivariance_weight": 0.0,  # weight of the learned-equivariance loss (> 0 enables)
         "equivariance_max_angle": 180.0,  # its rotations: Haar-uniform at 180, else angle <= this [deg]
+        "equivariance_objective": "regression",  # regression | contrastive (InfoNCE over atoms)
+        "equivariance_transform": "wigner",  # T(R): wigner | wigner_mix (learned channel mixing)
+        "equivariance_temperature": 0.1,  # InfoNCE temperature (contrastive)
+        "equivariance_schedule": "constant",  # constant | warmup | warmup_decay (over the budget)
+        "equivariance_warmup": 0.1,  # fraction of the budget to ramp the weight up
+        "equivariance_final": 0.1,  # warmup_decay: weight at the end, as a fraction of the weight
         "ema_decay": 0.99,  # 0 disables EMA
         "gradient_clip": 10.0,
         "early_stopping_patience": None,  # epochs without val-loss improvement

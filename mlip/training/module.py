@@ -15,7 +15,14 @@ from mlip.model.potential import Potential
 from mlip.ops.rotations import random_rotations
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.metrics import metric_sums, summarize, weighted_loss
-from mlip.training.symmetry import equivariance_loss, rotate_batch
+from mlip.training.symmetry import (
+    OBJECTIVES,
+    RotationTransform,
+    contrastive_equivariance_loss,
+    equivariance_loss,
+    equivariance_weight,
+    rotate_batch,
+)
 
 
 class PotentialModule(L.LightningModule):
@@ -51,6 +58,19 @@ class PotentialModule(L.LightningModule):
         tc = config["training"]
         self.ema = ExponentialMovingAverage(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
         self.compute_stress = bool(data_info.get("has_stress")) and tc["stress_weight"] > 0
+        # T(R) of the learned-equivariance objective: trained with the model, not exported.
+        self.rotation_transform: RotationTransform | None = None
+        if tc["equivariance_weight"] > 0:
+            lmax = self.model.backbone.outputs.embedding_lmax
+            if lmax is None:
+                raise ValueError("training.equivariance_weight > 0 needs a backbone that declares "
+                                 "an equivariant embedding (outputs.embedding_lmax, e.g. TransIPBackbone)")
+            if tc["equivariance_objective"] not in OBJECTIVES:
+                raise ValueError(f"training.equivariance_objective must be one of {OBJECTIVES}, "
+                                 f"got {tc['equivariance_objective']!r}")
+            equivariance_weight(1.0, tc["equivariance_schedule"], 0.0)  # validates the name
+            channels = int(self.model.backbone.embedding_channels)
+            self.rotation_transform = RotationTransform(channels, lmax, tc["equivariance_transform"]).to(dtype)
         self._sums: dict[str, torch.Tensor] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}  # reduced over ranks
         self.stage_two = False
@@ -139,18 +159,24 @@ class PotentialModule(L.LightningModule):
             data = rotate_batch(data, self._rotations(num_graphs))
         pred = self(data, training=True)
         losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
-        if tc["equivariance_weight"] > 0:
+        if self.rotation_transform is not None:
             lmax = self.model.backbone.outputs.embedding_lmax
-            if lmax is None:
-                raise ValueError("training.equivariance_weight > 0 needs a backbone that declares "
-                                 "an equivariant embedding (outputs.embedding_lmax, e.g. TransIPBackbone)")
             rotations = self._rotations(num_graphs, tc["equivariance_max_angle"], stream=1)
             rotated = self.model(rotate_batch(data, rotations), compute_forces=False)
             z = pred[keys.EQUIVARIANT_EMBEDDING]
-            eq = equivariance_loss(z, rotated[keys.EQUIVARIANT_EMBEDDING], rotations,
-                                   data[keys.BATCH], lmax)
-            losses["loss"] = losses["loss"] + tc["equivariance_weight"] * eq
+            if tc["equivariance_objective"] == "contrastive":
+                eq = contrastive_equivariance_loss(z, rotated[keys.EQUIVARIANT_EMBEDDING], rotations,
+                                                   data[keys.BATCH], lmax, self.rotation_transform,
+                                                   tc["equivariance_temperature"])
+            else:
+                eq = equivariance_loss(z, rotated[keys.EQUIVARIANT_EMBEDDING], rotations,
+                                       data[keys.BATCH], lmax, self.rotation_transform)
+            weight = equivariance_weight(tc["equivariance_weight"], tc["equivariance_schedule"],
+                                         self.budget_fraction(), tc["equivariance_warmup"],
+                                         tc["equivariance_final"])
+            losses["loss"] = losses["loss"] + weight * eq
             self.log("train/equivariance_loss", eq, batch_size=num_graphs)
+            self.log("train/equivariance_weight", weight, batch_size=num_graphs)
         sums = self._accumulate("train", pred, data)
         bs = int(data[keys.NUM_ATOMS].shape[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
@@ -230,8 +256,10 @@ class PotentialModule(L.LightningModule):
     def configure_optimizers(self):
         tc = self.config["training"]
         cls = torch.optim.AdamW if tc["optimizer"] == "adamw" else torch.optim.Adam
-        opt = cls(self.model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"],
-                  amsgrad=tc["amsgrad"])
+        params = list(self.model.parameters())
+        if self.rotation_transform is not None:
+            params += list(self.rotation_transform.parameters())
+        opt = cls(params, lr=tc["lr"], weight_decay=tc["weight_decay"], amsgrad=tc["amsgrad"])
         if tc["scheduler"] == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, factor=tc["plateau_factor"], patience=tc["plateau_patience"]

@@ -1,8 +1,28 @@
-"""Rotations for training: data augmentation and the learned-equivariance objective."""
+"""Rotations for training: data augmentation and the learned-equivariance objective.
+
+The objective compares the embedding Z of a structure's rotated copy, Z(R x), with a
+transformation T(R) of the original's, T_R(Z(x)) (:class:`RotationTransform`):
+
+- ``wigner``: T_R(Z) = Z D(R)^T, the Wigner-D action on each degree block (no parameters);
+- ``wigner_mix`` (ours; the paper learns a network of R and is silent on its form): each
+  degree block additionally mixed over channels by a matrix M_l(R) = 1 + MLP_l(R) emitted
+  from the flattened rotation matrix and trained jointly with the model (the last layer
+  starts at zero, so training starts from the pure Wigner-D action).
+
+Two forms of the loss (``training.equivariance_objective``): ``regression``
+(:func:`equivariance_loss`, per-degree normalised squared error) and ``contrastive``
+(:func:`contrastive_equivariance_loss`, InfoNCE: each atom's transformed embedding must pick
+out its own rotated copy among all atoms of the batch). The weight follows a schedule over
+the training budget (:func:`equivariance_weight`).
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mlip.data import keys
 from mlip.ops.sh import num_components, wigner_d
@@ -27,12 +47,106 @@ def rotate_batch(data: dict[str, torch.Tensor], rotations: torch.Tensor) -> dict
     return out
 
 
+TRANSFORMS = ("wigner", "wigner_mix")
+OBJECTIVES = ("regression", "contrastive")
+SCHEDULES = ("constant", "warmup", "warmup_decay")
+
+
+class RotationTransform(nn.Module):
+    """T(R) on an (N, C, (L+1)^2) embedding: the Wigner-D action, optionally followed by a
+    learned per-degree channel mixing M_l(R) (``kind="wigner_mix"``, see the module doc).
+
+    Args:
+        channels: C.
+        lmax: L.
+        kind: "wigner" or "wigner_mix".
+        hidden: width of the MLP that emits the mixing matrices from R.
+    """
+
+    def __init__(self, channels: int, lmax: int, kind: str = "wigner", hidden: int = 64) -> None:
+        super().__init__()
+        if kind not in TRANSFORMS:
+            raise ValueError(f"training.equivariance_transform must be one of {TRANSFORMS}, got {kind!r}")
+        self.channels, self.lmax, self.kind = int(channels), int(lmax), kind
+        self.net = None
+        if kind == "wigner_mix":
+            last = nn.Linear(hidden, (lmax + 1) * channels * channels)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.net = nn.Sequential(nn.Linear(9, hidden), nn.SiLU(), last)
+
+    def forward(self, embedding: torch.Tensor, rotations: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """T_R(Z) for each atom, with R the rotation of its structure ((B, 3, 3), batch (N,))."""
+        d = wigner_d(self.lmax, rotations.double()).to(embedding)
+        assert d.shape[-1] == num_components(self.lmax) == embedding.shape[-1]
+        out = torch.einsum("ncj,nkj->nck", embedding, d[batch])
+        if self.net is None:
+            return out
+        c = self.channels
+        mix = self.net(rotations.reshape(-1, 9).to(embedding)).view(-1, self.lmax + 1, c, c)
+        mix = mix + torch.eye(c, dtype=mix.dtype, device=mix.device)
+        per_atom = mix[batch]
+        return torch.cat([torch.einsum("nab,nbk->nak", per_atom[:, l], out[..., l * l:(l + 1) ** 2])
+                          for l in range(self.lmax + 1)], dim=-1)
+
+
+def _per_degree_unit(embedding: torch.Tensor, lmax: int) -> torch.Tensor:
+    """(N, C, D) -> (N, C*D): each degree block scaled to unit norm per atom, the
+    concatenation divided by sqrt(L+1), so every degree weighs the same in a cosine."""
+    blocks = [F.normalize(embedding[..., l * l:(l + 1) ** 2].reshape(embedding.shape[0], -1), dim=1,
+                          eps=1e-12) for l in range(lmax + 1)]
+    return torch.cat(blocks, dim=1) / math.sqrt(lmax + 1)
+
+
+def contrastive_equivariance_loss(
+    embedding: torch.Tensor, embedding_rotated: torch.Tensor, rotations: torch.Tensor,
+    batch: torch.Tensor, lmax: int, transform: RotationTransform | None = None,
+    temperature: float = 0.1, max_atoms: int = 2048,
+) -> torch.Tensor:
+    """InfoNCE over the atoms of the batch: the similarity matrix S_nm = <u_n, v_m> / tau of
+    u = T_R(Z(x)) and v = Z(R x) (each degree block unit-normalised, see
+    :func:`_per_degree_unit`) must pick m = n; symmetric cross-entropy (rows and columns).
+
+    The mean over atoms makes it independent of the batch order. Above ``max_atoms`` atoms
+    an evenly spaced subset (deterministic) keeps the N x N matrix small.
+    """
+    target = (transform or RotationTransform(embedding.shape[1], lmax))(embedding, rotations, batch)
+    n = target.shape[0]
+    if n > max_atoms:
+        keep = torch.linspace(0, n - 1, max_atoms, device=target.device).round().long()
+        target, embedding_rotated = target[keep], embedding_rotated[keep]
+        n = max_atoms
+    u = _per_degree_unit(target, lmax)
+    v = _per_degree_unit(embedding_rotated, lmax)
+    logits = u @ v.T / temperature
+    labels = torch.arange(n, device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def equivariance_weight(weight: float, schedule: str, fraction: float, warmup: float = 0.1,
+                        final: float = 0.1) -> float:
+    """The objective's weight at ``fraction`` of the training budget: ``constant``;
+    ``warmup``, linear from 0 over the first ``warmup`` fraction; ``warmup_decay``, that
+    warm-up, then a cosine decay to ``final`` x weight at the end of the budget."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"training.equivariance_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    if schedule == "constant":
+        return weight
+    if fraction < warmup:
+        return weight * fraction / warmup
+    if schedule == "warmup":
+        return weight
+    rest = (fraction - warmup) / max(1.0 - warmup, 1e-12)
+    return weight * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * rest)))
+
+
 def equivariance_loss(
     embedding: torch.Tensor, embedding_rotated: torch.Tensor, rotations: torch.Tensor,
-    batch: torch.Tensor, lmax: int,
+    batch: torch.Tensor, lmax: int, transform: RotationTransform | None = None,
 ) -> torch.Tensor:
-    """sum over degrees l of || Z_l(R x) - Z_l(x) D_l(R)^T ||^2 / || Z_l(x) ||^2 (means over
-    atoms, channels, components).
+    """sum over degrees l of || Z_l(R x) - T_R(Z(x))_l ||^2 / || Z_l(x) ||^2 (means over
+    atoms, channels, components); T_R(Z)_l = Z_l D_l(R)^T by default.
 
     The normalisers (no gradient) stop the trivial solution of shrinking the embedding.
     Each degree is normalised by its own power (ours) so the invariant l = 0 block, which
@@ -46,10 +160,9 @@ def equivariance_loss(
         rotations: (B, 3, 3) the rotations applied.
         batch: (N,) structure of each atom.
         lmax: degree of the embedding.
+        transform: T(R) (default: the Wigner-D action).
     """
-    d = wigner_d(lmax, rotations.double()).to(embedding)
-    assert d.shape[-1] == num_components(lmax)
-    target = torch.einsum("ncj,nkj->nck", embedding, d[batch])
+    target = (transform or RotationTransform(embedding.shape[1], lmax))(embedding, rotations, batch)
     loss = embedding.new_zeros(())
     for degree in range(lmax + 1):
         block = slice(degree * degree, (degree + 1) ** 2)

@@ -155,13 +155,17 @@ TINY_TRANSIP = {"class_path": "mlip.backbones.transip.TransIPBackbone",
                               "embedding_channels": 4, "embedding_lmax": 1}}
 
 
-@pytest.mark.parametrize("direct_forces", [False, True])
+@pytest.mark.parametrize(("direct_forces", "objective"),
+                         [(False, "regression"), (True, "regression"), (False, "contrastive")])
 def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, capsys,
-                                                  direct_forces):
+                                                  direct_forces, objective):
     """TransIP through the same CLI: train with augmentation + the learned-equivariance
-    objective (logged), then `mlip md` with the exported model (conservative forces, or the
-    direct force head)."""
-    cfg = write_config(tiny_data, augment_rotations=True, equivariance_weight=1.0)
+    objective (logged; the contrastive run with the learned T(R) and a warm-up/decay
+    schedule), then `mlip md` with the exported model (conservative forces, or the direct
+    force head)."""
+    extra = ({"equivariance_objective": "contrastive", "equivariance_transform": "wigner_mix",
+              "equivariance_schedule": "warmup_decay"} if objective == "contrastive" else {})
+    cfg = write_config(tiny_data, augment_rotations=True, equivariance_weight=1.0, **extra)
     config = yaml.safe_load(cfg.read_text())
     config["model"]["backbone"] = {"class_path": TINY_TRANSIP["class_path"],
                                    "init_args": {**TINY_TRANSIP["init_args"],
@@ -175,6 +179,12 @@ def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, caps
     events.Reload()
     eq = [s.value for s in events.Scalars("train/equivariance_loss")]
     assert eq and all(np.isfinite(eq)), eq
+    if objective == "contrastive":
+        # T(R) trained jointly (its zero-initialised last layer moved), kept out of model.pt
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert state["rotation_transform.net.2.weight"].abs().sum() > 0
+        exported = torch.load(run / "model.pt", weights_only=True)
+        assert "rotation_transform" not in repr(exported.keys() if isinstance(exported, dict) else exported)
     capsys.readouterr()
     assert main(["md", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
                  "--ensemble", "langevin", "--steps", "20", "--timestep", "0.25",
