@@ -253,7 +253,10 @@ def main() -> None:
     entries = []  # (label, acac model, Cu model or None)
     for path in args.acac_model:
         cu = load_model(args.cu_model, dtype=dtype) if args.cu_model and "cu" in wanted else None
-        entries.append((Path(path).parent.name or Path(path).stem, load_model(path, dtype=dtype), cu))
+        label = Path(path).parent.name or Path(path).stem
+        if cu is not None:
+            label += f" / Cu: {Path(args.cu_model).parent.name or Path(args.cu_model).stem}"
+        entries.append((label, load_model(path, dtype=dtype), cu))
     configs = args.config or ([] if args.acac_model else [str(ROOT / "configs" / "quickstart.yaml")])
     for config in configs:
         acac = quickstart_model(ase.io.read(acac_path / "train_300K.xyz", ":50"),
@@ -310,7 +313,7 @@ def main() -> None:
                         r = time_md(atoms, model, steps, args.warmup, mode)
                         n_atoms = str(len(atoms))
                     print(f"| {name} | {n_atoms} | {threads} | {label} | {mode} | {r['steps_per_s']:.2f} | "
-                          f"{r['atom_steps_per_s']:,.0f} | {fmt(r['atom_steps_per_s'] / reference, '.1f')}x | "
+                          f"{r['atom_steps_per_s']:,.0f} | {fmt(r['atom_steps_per_s'] / reference, '.1f') + ('x' if reference == reference else '')} | "
                           f"{fmt(r['ms_nl'], '.2f')} | {fmt(r['ms_model'], '.2f')} | "
                           f"{fmt(r['ms_other'], '.2f')} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} | "
                           f"{fmt(r['compile_s'], '.1f')} | {fmt(r['load_s'], '.2f')} |",
