@@ -31,7 +31,9 @@ Recipe (every number is an option):
 Every frame carries ``molecule``, ``sampling`` (md / displace), ``temperature_K`` and
 ``config_type`` in its info. The files are written to a temporary folder inside ``--out``'s
 parent and moved into place at the end, so an interrupted run leaves nothing half-written.
-Only the tool is committed: the data regenerate deterministically (same seed, same tblite).
+Only the tool is committed: the data regenerate deterministically (same seed, same tblite;
+workers run tblite on one thread each, so files are bit-identical for any ``--workers`` >= 2;
+``--workers 1`` runs in this process, whose OpenMP threads can change the last digits).
 """
 
 from __future__ import annotations
@@ -206,13 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        import tblite
+    try:
         tblite_version = version("tblite")
-        del tblite
-    except ImportError:
+    except PackageNotFoundError:
         raise SystemExit("make_xtb_dataset: needs tblite (pip install 'mlip[xtb]' or 'tblite>=0.4')") from None
     out = Path(args.out)
     if out.exists():
