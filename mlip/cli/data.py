@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="skip (and report) unreadable or invalid frames instead of stopping",
     )
     conv.add_argument(
+        "--allow-missing-labels",
+        action="store_true",
+        help="accept frames that lack a label frame 0 of their file has (masked in training); "
+        "default: such a frame is an error",
+    )
+    conv.add_argument(
         "--e0s",
         metavar="FILE",
         help="isolated-atom energies (single-atom frames) for the statistics; "
@@ -98,6 +104,7 @@ def run_convert(args: argparse.Namespace) -> int:
             neighbor_counter=count_edges if args.cutoff is not None else None,
             progress=not args.no_progress,
             on_skip=report_skip,
+            allow_missing_labels=args.allow_missing_labels,
         )
     except FileExistsError as err:
         raise CliError(f"{_one_line(err)} (pass --overwrite)") from None

@@ -3,6 +3,10 @@
 Layout of one record (all integers little-endian)::
 
     MAGIC (8 bytes) | header length L (uint32) | JSON header (L bytes, UTF-8) | array bytes
+    | CRC-32 of everything before it (uint32)
+
+The checksum (version 2; version-1 records, written before it, have none and still read)
+turns a flipped or truncated byte anywhere in a record into an error instead of numbers.
 
 The JSON header holds the scalar fields and, per array, its dtype, shape and byte offset
 into the array section. Arrays are raw little-endian buffers, so every field round-trips
@@ -16,14 +20,16 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
 
 from mlip.data.structure import Structure
 
-MAGIC = b"MLIPST\x00\x01"
-CODEC_VERSION = 1
+MAGIC_V1 = b"MLIPST\x00\x01"  # no checksum
+MAGIC = b"MLIPST\x00\x02"  # CRC-32 trailer
+CODEC_VERSION = 2
 _LEN = struct.Struct("<I")
 
 # field -> (stored dtype, trailing shape; None = the atom count n)
@@ -82,7 +88,8 @@ def encode_structure(structure: Structure) -> bytes:
     header["arrays"] = arrays
     # allow_nan: a NaN energy must still round-trip (validation is not the codec's job).
     text = json.dumps(header, separators=(",", ":"), allow_nan=True).encode()
-    return b"".join([MAGIC, _LEN.pack(len(text)), text, *chunks])
+    body = b"".join([MAGIC, _LEN.pack(len(text)), text, *chunks])
+    return body + _LEN.pack(zlib.crc32(body))
 
 
 def decode_structure(data: bytes | memoryview) -> Structure:
@@ -101,11 +108,20 @@ def decode_structure(data: bytes | memoryview) -> Structure:
     """
     view = memoryview(data).cast("B")
     head = len(MAGIC) + _LEN.size
-    if len(view) < head or bytes(view[: len(MAGIC)]) != MAGIC:
+    magic = bytes(view[: len(MAGIC)])
+    if len(view) < head or magic not in (MAGIC, MAGIC_V1):
         raise CodecError(
             "not an encoded mlip structure (missing magic bytes); "
             "the record was not written by mlip or is corrupted"
         )
+    version = 2 if magic == MAGIC else 1
+    if version == 2:
+        if len(view) < head + _LEN.size:
+            raise CodecError("record truncated: no checksum")
+        (stored,) = _LEN.unpack(view[-_LEN.size :])
+        view = view[: -_LEN.size]
+        if zlib.crc32(view) != stored:
+            raise CodecError("record checksum mismatch: the record is corrupted")
     (text_len,) = _LEN.unpack(view[len(MAGIC) : head])
     if head + text_len > len(view):
         raise CodecError(f"record truncated: header says {text_len} bytes, {len(view) - head} left")
@@ -115,7 +131,7 @@ def decode_structure(data: bytes | memoryview) -> Structure:
         raise CodecError(f"record header is not valid JSON: {err}") from None
     if not isinstance(header, dict):
         raise CodecError("record header is not a JSON object")
-    if header.get("codec") != CODEC_VERSION:
+    if header.get("codec") != version:
         raise CodecError(
             f"record codec version {header.get('codec')!r} is not supported "
             f"(this mlip reads version {CODEC_VERSION}); upgrade mlip"

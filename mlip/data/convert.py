@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -18,7 +19,69 @@ from mlip.data.stats import (
     e0s_from_file,
     statistics_key,
 )
-from mlip.data.structure import InvalidStructureError
+from mlip.data.structure import InvalidStructureError, Structure
+
+LABELS = ("energy", "forces", "stress")
+
+
+class LabelKeyError(ValueError):
+    """An explicitly named label key (``--energy-key`` ...) matches nothing in a file."""
+
+
+def _available_keys(atoms: Any) -> str:
+    info = sorted(str(k) for k in atoms.info)
+    arrays = sorted(str(k) for k in atoms.arrays if k not in ("numbers", "positions"))
+    results = sorted(getattr(atoms.calc, "results", None) or {}) if atoms.calc is not None else []
+    return (
+        f"info keys {info or 'none'}, arrays keys {arrays or 'none'}, "
+        f"calculator results {results or 'none'}"
+    )
+
+
+class _LabelCheck:
+    """Per input file: explicit label keys must match, and (unless allowed) every frame has
+    the labels the file's first frame has (for stress: its first periodic frame; molecules
+    have no stress). Energy-only files (held-out scans) are fine without keys."""
+
+    def __init__(self, path: str, keys: dict[str, str | None], allow_missing: bool) -> None:
+        self.path, self.keys, self.allow_missing = path, keys, allow_missing
+        self.first: dict[str, tuple[int, bool]] = {}  # label -> (frame, present there)
+        self.found = dict.fromkeys(LABELS, 0)
+        self.available = ""
+
+    def see(self, structure: Structure, atoms: Any) -> None:
+        if not self.available:
+            self.available = _available_keys(atoms)
+        for name in LABELS:
+            if name == "stress" and not structure.periodic:
+                continue
+            have = getattr(structure, name) is not None
+            if name not in self.first:
+                self.first[name] = (structure.frame, have)
+                key = self.keys[name]
+                if key is not None and not have and not self.allow_missing:
+                    raise LabelKeyError(
+                        f"{self.path}, frame {structure.frame}: --{name}-key / data.{name}_key "
+                        f"{key!r} is not in the frame; it has {_available_keys(atoms)}"
+                    )
+            ref_frame, ref_have = self.first[name]
+            if have != ref_have and not self.allow_missing:
+                them = "one" if name == "energy" else "them"
+                now, then = ("has", "has none") if have else ("has no", f"has {them}")
+                raise InvalidStructureError(
+                    f"{structure.where()}: {now} {name}, frame {ref_frame} of the file {then}; "
+                    "mixed labels need --allow-missing-labels (data.allow_missing_labels; "
+                    "missing labels are masked in training)"
+                )
+            self.found[name] += have
+
+    def finish(self) -> None:
+        for name, key in self.keys.items():
+            if key is not None and self.available and self.found[name] == 0:
+                raise LabelKeyError(
+                    f"{self.path}: --{name}-key / data.{name}_key {key!r} matches no frame; "
+                    f"frame 0 has {self.available}"
+                )
 
 
 @dataclass
@@ -74,6 +137,7 @@ def convert(
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
     map_size: int = INITIAL_MAP_SIZE,
+    allow_missing_labels: bool = False,
 ) -> ConvertReport:
     """Stream every frame of ``inputs`` into a new LMDB file ``output``.
 
@@ -96,6 +160,9 @@ def convert(
         progress: show a progress bar on stderr (only when it is a terminal).
         on_skip: called with a one-line description of every skipped frame.
         map_size: initial LMDB map size [bytes] (it grows as needed).
+        allow_missing_labels: accept files whose frames differ in which labels they carry
+            (missing labels are masked in training); by default every frame of a file must
+            have the labels its frame 0 has.
 
     Returns:
         A :class:`ConvertReport`.
@@ -103,8 +170,11 @@ def convert(
     Raises:
         FileNotFoundError: an input is missing.
         FileExistsError: ``output`` exists and ``overwrite`` is False.
-        InvalidStructureError: a frame is unreadable or invalid (without ``skip_invalid``);
-            the message reads ``FILE, frame N: problem``.
+        InvalidStructureError: a frame is unreadable or invalid, or lacks a label the
+            file's frame 0 has (without ``skip_invalid``); the message reads
+            ``FILE, frame N: problem``.
+        LabelKeyError: an explicit ``*_key`` matches nothing in a file (always an error;
+            the message lists the keys the file does have).
         MissingE0Error: the E0 file lacks an element of the data.
         ValueError: no frame could be converted.
     """
@@ -131,11 +201,14 @@ def convert(
     with writer, tqdm(desc="converting", unit=" frames", disable=None if progress else True) as bar:
         for path in inputs:
             frames = iter_atoms(path)
+            labels = _LabelCheck(path, keys, allow_missing_labels)
             while True:
                 try:
                     frame, atoms = next(frames)
                     structure = atoms_to_structure(atoms, path, frame, *keys.values()).validate()
+                    labels.see(structure, atoms)
                 except StopIteration:
+                    labels.finish()
                     break
                 except InvalidStructureError as err:
                     if not skip_invalid:
@@ -151,18 +224,13 @@ def convert(
                     stats.add(structure)
                 bar.update()
         if len(writer) == 0:
-            raise ValueError(f"no valid frames in {', '.join(inputs)}; nothing written")
+            raise ValueError(f"{', '.join(inputs)}: no valid frames; nothing written")
         statistics = None if stats is None else stats.finalize()
         stats_name = None
         if statistics is not None:
             stats_name = statistics_key("all", cutoff)
             writer.set_metadata(stats_name, statistics.to_dict())
-    labels = writer.summary.to_dict()["labels"]
-    warnings = [
-        f"--{name}-key {key!r} matched no frame; no {name} labels were stored"
-        for name, key in keys.items()
-        if key is not None and labels[name] == 0
-    ]
+    warnings = []
     if cutoff is not None and neighbor_counter is None:
         warnings.append("no neighbor counter available; avg_num_neighbors was not computed")
     return ConvertReport(

@@ -7,6 +7,11 @@ File layout (``subdir=False``: one data file, no directory):
 * ``__header__``: JSON described in :meth:`LmdbWriter.header`;
 * ``__meta__/<name>``: cached JSON blobs, e.g. statistics (:func:`write_metadata`).
 
+Corruption is detected, not read as numbers (schema 3): every record carries a CRC-32
+(:mod:`mlip.data.codec`), the header and metadata blobs a ``__crc32__`` of their canonical
+JSON, and a file shorter than its last page (a truncated copy, which LMDB would otherwise
+hit as SIGBUS) is refused on opening.
+
 The writer fills ``OUT.partial-<pid>`` and renames it to ``OUT`` only after the last record
 and the header are on disk, so a crash or an invalid frame never leaves a half-written
 ``OUT`` behind.
@@ -18,6 +23,7 @@ import json
 import os
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -28,11 +34,11 @@ import numpy as np
 import torch.utils.data
 
 from mlip import __version__
-from mlip.data.codec import decode_structure, encode_structure
+from mlip.data.codec import CodecError, decode_structure, encode_structure
 from mlip.data.stats import DatasetSummary
 from mlip.data.structure import Structure
 
-SCHEMA_VERSION = 2  # 2: the header's element list is 'elements' (was 'species' in 1)
+SCHEMA_VERSION = 3  # 2: the header's element list is 'elements' (was 'species' in 1); 3: checksums
 FORMAT_NAME = "mlip-lmdb"
 HEADER_KEY = b"__header__"
 META_PREFIX = b"__meta__/"
@@ -43,6 +49,36 @@ _INDEX = struct.Struct(">Q")
 
 class LmdbFormatError(ValueError):
     """The file is not an mlip LMDB, or one this version cannot read."""
+
+
+CRC_FIELD = "__crc32__"
+
+
+def _canonical(blob: dict[str, Any]) -> bytes:
+    return json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()
+
+
+def dump_checked(blob: dict[str, Any]) -> bytes:
+    """JSON of ``blob`` with a CRC-32 of its canonical form under ``__crc32__``."""
+    return json.dumps({**blob, CRC_FIELD: zlib.crc32(_canonical(blob))}).encode()
+
+
+def load_checked(raw: bytes | memoryview, what: str) -> Any:
+    """Parse :func:`dump_checked` JSON (blobs without a checksum, from before schema 3,
+    are returned as they are).
+
+    Raises:
+        LmdbFormatError: not JSON, or the checksum does not match; ``what`` names the blob.
+    """
+    try:
+        blob = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LmdbFormatError(f"{what} is corrupted ({err})") from None
+    if isinstance(blob, dict) and CRC_FIELD in blob:
+        stored = blob.pop(CRC_FIELD)
+        if stored != zlib.crc32(_canonical(blob)):
+            raise LmdbFormatError(f"{what} is corrupted (checksum mismatch)")
+    return blob
 
 
 def index_key(index: int) -> bytes:
@@ -196,8 +232,8 @@ class LmdbWriter:
         try:
             if exc_type is None:
                 self._flush(env)
-                final = [(HEADER_KEY, json.dumps(self.header()).encode())]
-                final += [(_meta_key(k), json.dumps(v).encode()) for k, v in self._metadata.items()]
+                final = [(HEADER_KEY, dump_checked(self.header()))]
+                final += [(_meta_key(k), dump_checked(v)) for k, v in self._metadata.items()]
                 _put_all(env, final)
                 env.sync(True)
             env.close()
@@ -216,13 +252,21 @@ def _open_readonly(path: str) -> lmdb.Environment:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; create it with `mlip data convert`")
     try:
-        return lmdb.open(
+        env = lmdb.open(
             path, readonly=True, lock=False, readahead=False, subdir=False, max_readers=2048
         )
     except lmdb.Error as err:
         raise LmdbFormatError(
             f"{path} is not an LMDB file ({err}); create it with `mlip data convert`"
         ) from None
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(path)
+    if size < needed:  # reading the missing pages would kill the process with SIGBUS
+        env.close()
+        raise LmdbFormatError(
+            f"{path} is truncated ({size} of {needed} bytes); copy or convert it again"
+        )
+    return env
 
 
 class _ReaderCache:
@@ -276,10 +320,7 @@ def _check_header(path: str, raw: bytes | None) -> dict[str, Any]:
             f"{path} is an LMDB file but not an mlip dataset (no __header__ record); "
             "create it with `mlip data convert`"
         )
-    try:
-        header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LmdbFormatError(f"{path}: corrupted __header__ record ({err})") from None
+    header = load_checked(raw, f"{path}: the __header__ record")
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise LmdbFormatError(f"{path}: __header__ is not an mlip LMDB header")
     version = header.get("schema_version")
@@ -311,9 +352,12 @@ class LmdbDataset(torch.utils.data.Dataset):
     def _environment(self) -> lmdb.Environment:
         env = _READERS.get(self.path)
         if self._header is None:
-            with env.begin() as txn:
-                raw = txn.get(HEADER_KEY)
             try:
+                try:
+                    with env.begin() as txn:
+                        raw = txn.get(HEADER_KEY)
+                except lmdb.Error as err:
+                    raise LmdbFormatError(f"{self.path}: the file is damaged ({err})") from None
                 self._header = _check_header(self.path, raw)
             except LmdbFormatError:
                 _READERS.drop(self.path)
@@ -339,11 +383,16 @@ class LmdbDataset(torch.utils.data.Dataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {index} out of range for {self.path} with {n} structures")
-        with env.begin(buffers=True) as txn:
-            raw = txn.get(index_key(i))
-            if raw is None:
-                raise LmdbFormatError(f"{self.path}: record {i} is missing; the file is damaged")
-            return decode_structure(raw)
+        try:
+            with env.begin(buffers=True) as txn:
+                raw = txn.get(index_key(i))
+                if raw is None:
+                    raise LmdbFormatError(f"{self.path}: record {i} is missing; the file is damaged")
+                return decode_structure(raw)
+        except CodecError as err:
+            raise LmdbFormatError(f"{self.path}, record {i}: {err}") from None
+        except lmdb.Error as err:  # a damaged page
+            raise LmdbFormatError(f"{self.path}, record {i}: the file is damaged ({err})") from None
 
     def __iter__(self) -> Iterator[Structure]:
         for i in range(len(self)):
@@ -351,9 +400,12 @@ class LmdbDataset(torch.utils.data.Dataset):
 
     def metadata(self, name: str) -> dict[str, Any] | None:
         """The JSON blob stored under ``name``, or None."""
-        with self._environment().begin() as txn:
-            raw = txn.get(_meta_key(name))
-        return None if raw is None else json.loads(raw)
+        try:
+            with self._environment().begin() as txn:
+                raw = txn.get(_meta_key(name))
+        except lmdb.Error as err:
+            raise LmdbFormatError(f"{self.path}: the file is damaged ({err})") from None
+        return None if raw is None else load_checked(raw, f"{self.path}: metadata {name!r}")
 
     def metadata_names(self) -> list[str]:
         """Names of all stored metadata blobs, sorted."""
@@ -388,7 +440,7 @@ def write_metadata(path: str | Path, name: str, blob: dict[str, Any]) -> None:
         OSError: the file cannot be written (read-only location).
     """
     path = str(path)
-    value = json.dumps(blob).encode()
+    value = dump_checked(blob)
     key = _meta_key(name)
     _check = LmdbDataset(path).header  # raises unless this is an mlip LMDB
     _READERS.drop(path)

@@ -104,6 +104,8 @@ def iter_atoms(path: str | Path) -> Iterator[tuple[int, Any]]:
         try:
             atoms = next(frames)
         except StopIteration:
+            if source.endswith((".xyz", ".extxyz")):
+                _check_xyz_end(source, frame)
             return
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -115,26 +117,50 @@ def iter_atoms(path: str | Path) -> Iterator[tuple[int, Any]]:
         frame += 1
 
 
+def _walk_xyz(path: str) -> tuple[int, str]:
+    """Walk the atom-count lines of an (ext)xyz file.
+
+    Returns:
+        ``(frame, how)``: where the walk stopped and why: ``"bad count"`` (the count line of
+        ``frame`` is not an integer), ``"short"`` (``frame`` has fewer lines than it
+        announces), ``"blank"`` (a blank line where the count of ``frame`` belongs, with
+        more text after it) or ``"end"``.
+    """
+    frame = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                return frame, ("blank" if any(rest.strip() for rest in f) else "end")
+            try:
+                natoms = int(line)
+            except ValueError:
+                return frame, "bad count"
+            for _ in range(natoms + 1):  # comment line + atom lines
+                if not f.readline():
+                    return frame, "short"
+            frame += 1
+    return frame, "end"
+
+
 def _find_bad_count_line(path: str) -> int:
     """Index of the first (ext)xyz frame whose atom-count line is not an integer.
 
     ASE's extxyz reader reports such a line while indexing the file, before any frame is
     yielded, without saying where; this walks the frames again to name the frame.
     """
-    frame = 0
-    with open(path, errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                break
-            try:
-                natoms = int(line)
-            except ValueError:
-                return frame
-            for _ in range(natoms + 1):  # comment line + atom lines
-                if not f.readline():
-                    return frame
-            frame += 1
-    return 0
+    frame, how = _walk_xyz(path)
+    return frame if how in ("bad count", "short") else 0
+
+
+def _check_xyz_end(path: str, frames_read: int) -> None:
+    """ASE stops reading an (ext)xyz file at the first blank line where an atom count
+    belongs, silently dropping everything after it; make that an error."""
+    frame, how = _walk_xyz(path)
+    if how == "blank" and frame >= frames_read:
+        raise FrameReadError(
+            path, frame, "blank line where the atom count belongs; the frames after it "
+            "would be lost (remove the blank line)"
+        )
 
 
 def atoms_to_structure(
@@ -230,6 +256,8 @@ def _scalar(value: Any, name: str) -> float:
 
 def _describe(err: BaseException) -> str:
     text = str(err).strip() or "no details"
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return f"unknown element symbol or missing field {err.args[0]!r}"
     if type(err).__name__ == "UnknownFileTypeError":
         return f"unknown file format ({text}); convert it to extxyz, ASE .traj or ASE .db"
     return f"could not parse frame ({type(err).__name__}: {text})"

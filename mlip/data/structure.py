@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import vesin
 
 MAX_Z = 118  # the largest atomic number mlip accepts (Og)
+MAX_COORDINATE = 1.0e4  # [Å] larger |position| or lattice-vector length: wrong units or a corrupt frame
+MIN_DISTANCE = 0.1  # [Å] two atoms (or an atom and an image) closer than this are duplicates
 
 
 class InvalidStructureError(ValueError):
@@ -121,6 +124,13 @@ class Structure:
         for name, arr in (("positions", self.positions), ("cell", self.cell)):
             if not np.all(np.isfinite(arr)):
                 fail(f"{name} contain NaN or inf")
+        for name, arr in (("positions", self.positions), ("cell", self.cell)):
+            largest = float(np.abs(arr).max(initial=0.0))
+            if largest > MAX_COORDINATE:
+                fail(
+                    f"{name} reach {largest:.3g} Å (limit {MAX_COORDINATE:g} Å): wrong units "
+                    "or a corrupted frame"
+                )
         if self.periodic:
             vol = float(np.linalg.det(self.cell))
             if not vol > 1e-8:
@@ -128,6 +138,13 @@ class Structure:
             for axis in np.nonzero(self.pbc)[0]:
                 if np.linalg.norm(self.cell[axis]) < 1e-8:
                     fail(f"periodic along axis {axis} but that lattice vector is zero")
+        pair = closest_duplicate(self.positions, self.cell, self.pbc)
+        if pair is not None:
+            i, j, d = pair
+            fail(
+                f"atoms {i} and {j} are {d:.3g} Å apart (closer than {MIN_DISTANCE} Å): "
+                "a duplicated atom"
+            )
         if self.energy is not None and not np.isfinite(self.energy):
             fail(f"energy is {self.energy}")
         if self.forces is not None:
@@ -141,3 +158,34 @@ class Structure:
         if not np.isfinite(self.charge) or not np.isfinite(self.spin_multiplicity):
             fail("charge / spin multiplicity must be finite")
         return self
+
+
+def closest_duplicate(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, min_distance: float = MIN_DISTANCE
+) -> tuple[int, int, float] | None:
+    """The closest pair of atoms (periodic images included) nearer than ``min_distance``.
+
+    Args:
+        positions: (n, 3) [Å], finite, within :data:`MAX_COORDINATE`.
+        cell: (3, 3) lattice vectors as rows [Å].
+        pbc: (3,) bool.
+        min_distance: threshold [Å].
+
+    Returns:
+        ``(i, j, distance)`` with i <= j (i == j: an atom meets its own image), or None.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.where(pbc[:, None], cell, 0.0) if pbc.any() else np.zeros((3, 3))
+    extent = max(float(np.ptp(positions, axis=0).max(initial=0.0)), float(np.abs(box).max()))
+    # vesin's cell list fails (SIGFPE) once the extent reaches ~1e5 search radii along one
+    # axis; search a radius that keeps the ratio small and filter afterwards.
+    radius = max(min_distance, extent / 2.0e4)
+    i, j, d = vesin.NeighborList(cutoff=radius, full_list=False).compute(
+        np.ascontiguousarray(positions, dtype=np.float64), box, pbc.tolist(), "ijd"
+    )
+    close = np.nonzero(d < min_distance)[0]
+    if close.size == 0:
+        return None
+    k = close[np.argmin(d[close])]
+    a, b = sorted((int(i[k]), int(j[k])))
+    return a, b, float(d[k])

@@ -20,6 +20,8 @@ import vesin
 
 # Below this many (image, atom) pairs the torch backend uses one dense distance matrix.
 DENSE_PAIR_LIMIT = 2_000_000
+# Largest extent of a structure, in cutoffs, that is handed to vesin (see neighbor_list_vesin).
+VESIN_MAX_EXTENT_RATIO = 2.0e4
 _NEIGHBOR_BIN_OFFSETS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)))
 
 
@@ -52,6 +54,14 @@ def neighbor_list_vesin(
     if pbc.any() and not pbc.all():
         # Lattice vectors along non-periodic directions play no role: zero them.
         box = np.where(pbc[:, None], box, 0.0)
+    extent = max(float(np.ptp(positions, axis=0).max(initial=0.0)), float(np.abs(box).max()))
+    if not np.isfinite(extent) or extent > VESIN_MAX_EXTENT_RATIO * cutoff:
+        # vesin's cell list dies with SIGFPE (taking the process with it) from about 1e5
+        # cutoffs along one axis: an exploded MD run or a corrupt frame. Fail cleanly.
+        raise ValueError(
+            f"the structure spans {extent:.3g} Å, more than {VESIN_MAX_EXTENT_RATIO:g} cutoffs "
+            f"of {cutoff:g} Å: atoms have flown apart or the positions are corrupt"
+        )
     calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = calc.compute(positions, box, pbc.tolist(), "ijS")
     return np.stack([j, i]).astype(np.int64), np.asarray(s, dtype=np.int64).reshape(-1, 3)

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "energy_key": None,
         "forces_key": None,
         "stress_key": None,
+        "allow_missing_labels": False,  # frames may lack labels frame 0 of their file has
     },
     "model": {
         "dtype": "float32",

@@ -84,12 +84,15 @@ def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = No
         forces_key=key_mapping.get("forces_key"),
         stress_key=key_mapping.get("stress_key"),
         progress=False,
+        allow_missing_labels=bool(key_mapping.get("allow_missing_labels")),
     )
     return out
 
 
 def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset]:
     mapping = {k: data_cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
+    if data_cfg.get("allow_missing_labels"):
+        mapping["allow_missing_labels"] = True  # (absent otherwise: cache names stay)
     return [LmdbDataset(ensure_lmdb(p, mapping)) for p in paths]
 
 

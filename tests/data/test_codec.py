@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import zlib
 
 import numpy as np
 import pytest
 
-from mlip.data.codec import MAGIC, CodecError, decode_structure, encode_structure
+from mlip.data.codec import MAGIC, MAGIC_V1, CodecError, decode_structure, encode_structure
 from mlip.data.structure import Structure
 
 
@@ -39,7 +40,12 @@ def _tamper(data: bytes, **changes: object) -> bytes:
         else:
             header[key] = value
     text = json.dumps(header).encode()
-    return MAGIC + struct.pack("<I", len(text)) + text + data[12 + n :]
+    return _with_crc(MAGIC + struct.pack("<I", len(text)) + text + data[12 + n : -4])
+
+
+def _with_crc(body: bytes) -> bytes:
+    """A record with a valid checksum, so the parser (not the checksum) must reject it."""
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _bad_records() -> dict[str, bytes]:
@@ -51,9 +57,11 @@ def _bad_records() -> dict[str, bytes]:
         "wrong magic": b"XXXXXXXX" + data[8:],
         "truncated header": data[:20],
         "truncated arrays": data[:-8],
-        "not json": MAGIC + struct.pack("<I", 4) + b"\xff\xfe{{",
-        "json list": MAGIC + struct.pack("<I", 2) + b"[]",
-        "huge header length": MAGIC + struct.pack("<I", 2**31) + b"{}",
+        "not json": _with_crc(MAGIC + struct.pack("<I", 4) + b"\xff\xfe{{"),
+        "json list": _with_crc(MAGIC + struct.pack("<I", 2) + b"[]"),
+        "huge header length": _with_crc(MAGIC + struct.pack("<I", 2**31) + b"{}"),
+        "no checksum": data[:-4],
+        "truncated by one byte": data[:-1],
         "codec version": _tamper(data, codec=99),
         "object dtype": _tamper(data, array_positions=["|O", [7, 3], 0]),
         "shape mismatch": _tamper(data, array_forces=["<f8", [6, 3], 0]),
@@ -72,3 +80,25 @@ BAD_RECORDS = _bad_records()
 def test_rejects_garbage(case: str) -> None:
     with pytest.raises(CodecError):
         decode_structure(BAD_RECORDS[case])
+
+
+def test_every_flipped_byte_is_detected(random_structure) -> None:
+    """Issue 14 item 3: the CRC-32 trailer catches a flipped bit at any position."""
+    data = encode_structure(random_structure())
+    rng = np.random.default_rng(0)
+    for pos in range(len(data)):
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << int(rng.integers(8))
+        with pytest.raises(CodecError):
+            decode_structure(bytes(flipped))
+
+
+def test_version_1_records_without_checksum_still_read(random_structure, assert_identical) -> None:
+    s = random_structure()
+    data = encode_structure(s)
+    n = struct.unpack("<I", data[8:12])[0]
+    header = json.loads(data[12 : 12 + n])
+    header["codec"] = 1
+    text = json.dumps(header).encode()
+    v1 = MAGIC_V1 + struct.pack("<I", len(text)) + text + data[12 + n : -4]
+    assert_identical(s, decode_structure(v1))

@@ -145,11 +145,58 @@ def test_ase_formats_and_energy_key(tmp_path: Path, capsys, suffix: str) -> None
     assert all(s.forces is not None for s in dataset)
 
 
-def test_unknown_energy_key_warns(tmp_path: Path, tiny: Path, capsys) -> None:
+@pytest.mark.parametrize("label", ["energy", "forces", "stress"])
+def test_explicit_key_that_matches_nothing_is_an_error(
+    tmp_path: Path, tiny: Path, capsys, label: str
+) -> None:
+    """Issue 14 item 2: a named key that matches no frame names the key, the file and the
+    keys that exist; nothing is written."""
+    source = tiny / ("cu_emt_10.xyz" if label == "stress" else "no_forces.xyz")
     out = tmp_path / "o.lmdb"
+    assert main(["data", "convert", str(source), "-o", str(out), f"--{label}-key", "typo"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"mlip data: error: {source}, frame 0: --{label}-key")
+    assert "'typo'" in err and "info keys" in err and "arrays keys" in err
+    assert _files(tmp_path) == []
+
+
+def test_key_missing_in_every_frame_with_mixed_labels_allowed(
+    tmp_path: Path, tiny: Path, capsys
+) -> None:
     source = tiny / "no_forces.xyz"
-    assert main(["data", "convert", str(source), "-o", str(out), "--energy-key", "typo"]) == 0
-    assert "--energy-key 'typo' matched no frame" in capsys.readouterr().err
+    out = tmp_path / "o.lmdb"
+    argv = ["data", "convert", str(source), "-o", str(out), "--forces-key", "typo"]
+    assert main([*argv, "--allow-missing-labels"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{source}: --forces-key" in err and "matches no frame" in err
+    assert _files(tmp_path) == []
+
+
+def test_energy_only_file_without_keys_is_accepted(tmp_path: Path, tiny: Path, capsys) -> None:
+    """Held-out scans have no forces: without an explicit key that is fine."""
+    out = tmp_path / "o.lmdb"
+    assert main(["data", "convert", str(tiny / "no_forces.xyz"), "-o", str(out)]) == 0
+    assert LmdbDataset(out).header["labels"]["forces"] == 0
+
+
+def _mixed_labels(path: Path) -> None:
+    frames = _water_frames()
+    frames[2].calc = SinglePointCalculator(frames[2], energy=frames[2].get_potential_energy())
+    ase.io.write(path, frames, format="extxyz")
+
+
+def test_mixed_labels_are_an_error_unless_allowed(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "mixed.xyz"
+    _mixed_labels(source)
+    out = tmp_path / "o.lmdb"
+    assert main(["data", "convert", str(source), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{source}, frame 2: has no forces, frame 0 of the file has them" in err
+    assert not out.exists()
+    assert main(["data", "convert", str(source), "-o", str(out), "--allow-missing-labels"]) == 0
+    assert [s.forces is not None for s in LmdbDataset(out)] == [True, True, False, True]
 
 
 def test_statistics_in_the_same_pass(
