@@ -14,7 +14,7 @@ hit as SIGBUS) is refused on opening.
 
 The writer fills ``OUT.partial-<pid>`` and renames it to ``OUT`` only after the last record
 and the header are on disk, so a crash or an invalid frame never leaves a half-written
-``OUT`` behind.
+``OUT`` behind; the next writer of ``OUT`` deletes partial files of processes that died.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 import torch.utils.data
 
 from mlip import __version__
+from mlip.cache import process_alive
 from mlip.data.codec import CodecError, decode_structure, encode_structure
 from mlip.data.stats import DatasetSummary
 from mlip.data.structure import Structure
@@ -160,6 +161,7 @@ class LmdbWriter:
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"output directory {parent} does not exist")
         _remove(self.partial_path)
+        _remove_stale_partials(self.path)
         self._env = lmdb.open(
             self.partial_path,
             map_size=self.map_size,
@@ -246,6 +248,18 @@ class LmdbWriter:
         finally:
             self._pending = []
         _remove(self.partial_path)  # on success only the (absent) lock file is left
+
+
+def _remove_stale_partials(path: str) -> None:
+    """Delete ``path.partial-<pid>`` files whose writer process is gone (killed mid-way)."""
+    folder, name = os.path.split(path)
+    prefix = name + ".partial-"
+    for entry in os.listdir(folder or "."):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix) :].removesuffix("-lock")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            _remove(os.path.join(folder, prefix + pid))
 
 
 def _open_readonly(path: str) -> lmdb.Environment:

@@ -112,16 +112,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         state = _upgrade_v1(state)
     if payload["format_version"] < 3:
         state = _upgrade_v2(payload, state)
-    potential = build_potential(
-        payload["model_config"],
-        payload["atomic_numbers"],
-        payload["e0s"],
-        payload["scale"],
-        payload["shift"],
-        payload["cutoff"],
-        payload["avg_num_neighbors"],
-        prepare=False,
-    )
+    with torch.random.fork_rng(devices=[]):  # the throw-away initial weights draw numbers
+        potential = build_potential(
+            payload["model_config"],
+            payload["atomic_numbers"],
+            payload["e0s"],
+            payload["scale"],
+            payload["shift"],
+            payload["cutoff"],
+            payload["avg_num_neighbors"],
+            prepare=False,
+        )
     saved = getattr(torch, payload.get("dtype", "float32"))
     if potential.repulsion is not None and "repulsion.d_ref" not in state:
         # written before the core radii were stored: they were covalent-radius sums

@@ -89,6 +89,50 @@ def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = No
     return out
 
 
+def is_conversion_cache(path: str | Path) -> bool:
+    """Whether ``path`` is an LMDB that mlip converted itself (a cache it may write to),
+    as opposed to a dataset the user gave: training never writes into those."""
+    path = Path(path).resolve()
+    return path.parent.name == CACHE_DIR_NAME or cache_dir("data").resolve() in path.parents
+
+
+def _statistics_file(dataset: LmdbDataset, name: str) -> Path:
+    """Where statistics of a user's LMDB are cached: the user cache folder, keyed by the
+    file's real path, size and modification time."""
+    path = Path(dataset.path).resolve()
+    st = path.stat()
+    tag = json.dumps([str(path), st.st_size, st.st_mtime_ns, name])
+    return cache_dir("statistics") / f"{hashlib.sha1(tag.encode()).hexdigest()[:16]}.json"
+
+
+def _load_statistics(dataset: LmdbDataset, name: str) -> dict[str, Any] | None:
+    if is_conversion_cache(dataset.path):
+        return dataset.metadata(name)
+    found = _statistics_file(dataset, name)
+    if not found.is_file():
+        return dataset.metadata(name)  # stored by `mlip data convert --cutoff`, say
+    try:
+        return json.loads(found.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _store_statistics(dataset: LmdbDataset, name: str, blob: dict[str, Any]) -> None:
+    """Cache training-split statistics: inside mlip's own conversion caches, else in the
+    user cache folder; never inside a dataset the user gave."""
+    try:
+        if is_conversion_cache(dataset.path):
+            write_metadata(dataset.path, name, blob)
+            return
+        target = _statistics_file(dataset, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(blob))
+        os.replace(tmp, target)
+    except OSError:
+        pass  # read-only locations: statistics are recomputed next time
+
+
 def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset]:
     mapping = {k: data_cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
     if data_cfg.get("allow_missing_labels"):
@@ -150,7 +194,7 @@ class PotentialDataModule(L.LightningDataModule):
         name = f"statistics/v3/train-{tag}/cutoff={cfg['cutoff']:g}"
         single = len(train_sets) == 1
         if single:
-            cached = train_sets[0].metadata(name)
+            cached = _load_statistics(train_sets[0], name)
             if cached:
                 return DatasetStatistics.from_dict(cached)
         stats = compute_statistics(
@@ -161,10 +205,7 @@ class PotentialDataModule(L.LightningDataModule):
             pair_distances=closest_pairs,
         )
         if single and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            try:
-                write_metadata(train_sets[0].path, name, stats.to_dict())
-            except OSError:
-                pass  # read-only dataset: statistics are recomputed next time
+            _store_statistics(train_sets[0], name, stats.to_dict())
         return stats
 
     def data_info(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def evaluate_file(
     loader = DataLoader(
         GraphDataset(dataset, model.cutoff, dtype=param.dtype), batch_size=batch_size,
         collate_fn=collate,
+        generator=torch.Generator(),  # its own: iterating never draws from the global RNG
     )
     compiled = CompiledModel(model) if compile else None
     sums = None

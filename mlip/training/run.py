@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlip.model.io import load_model, save_model
+from mlip.training.checkpoint_io import AtomicCheckpointIO
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
 from mlip.training.module import PotentialModule
@@ -50,6 +54,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Mod
         enable_progress_bar=tc["enable_progress_bar"],
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, checkpoint
 
@@ -65,15 +70,52 @@ def export_model(module: PotentialModule, checkpoint_path: str | None, path: Pat
     return save_model(path, model, module.config["model"], module.data_info["avg_num_neighbors"])
 
 
+@contextlib.contextmanager
+def process_state_restored():
+    """Undo what a training run changes in its process: environment variables (Lightning's
+    seeding and DDP launcher set some), torch's thread count (``training.threads``), the
+    global torch/numpy/python random states (``seed_everything``) and the default dtype."""
+    env = dict(os.environ)
+    threads = torch.get_num_threads()
+    dtype = torch.get_default_dtype()
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what Lightning's import sets
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(env):
+            del os.environ[key]
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def train(config: dict[str, Any] | str | Path, resume: bool = False,
           overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Run training as configured; returns a summary dict (also written to summary.json).
+
+    The process is left as it was found (:func:`process_state_restored`): environment,
+    thread count, random states and default dtype.
 
     Args:
         config: a resolved config (:func:`mlip.training.config.load_config`) or a YAML path.
         resume: continue ``checkpoints/<run_name>/checkpoints/last.ckpt`` exactly.
         overrides: dotted ``key=value`` overrides, with a YAML path.
     """
+    with process_state_restored():
+        return _train(config, resume, overrides)
+
+
+def _train(config: dict[str, Any] | str | Path, resume: bool,
+           overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(config, dict):
         from mlip.training.config import load_config
 
