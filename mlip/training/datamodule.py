@@ -181,7 +181,39 @@ class PotentialDataModule(L.LightningDataModule):
             train_idx = train_idx[: int(cfg["max_train"])]
         self.train_set = Subset(full, train_idx.tolist())
         self.statistics = self._statistics(train_sets, train_idx)
+        self._check_elements(train_sets, val_idx=None if cfg["val"] else val_idx)
         self.has_stress = any(ds.header.get("labels", {}).get("stress", 0) for ds in train_sets)
+
+    def _check_elements(self, train_sets: list[LmdbDataset], val_idx: np.ndarray | None) -> None:
+        """Validation and test data may hold only elements the model is built for (those of
+        the training statistics): else one line naming the element and the file (and frame),
+        instead of an index error in the first validation step."""
+        from ase.data import chemical_symbols
+
+        assert self.statistics is not None
+        known = set(self.statistics.e0s)
+
+        def fail(where: str, zs) -> None:
+            names = sorted({chemical_symbols[int(z)] for z in zs})
+            trained = [chemical_symbols[z] for z in sorted(known)]
+            raise ValueError(f"{where}: element(s) {names} are not in the training data "
+                             f"(elements {trained}); the model cannot predict them")
+
+        mapping = {k: self.cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
+        for path in list(self.cfg["val"] or []) + list(self.cfg["test"] or []):
+            if Path(path).exists():
+                extra = set(LmdbDataset(ensure_lmdb(path, mapping)).header["elements"]) - known
+                if extra:
+                    fail(str(path), extra)
+        if val_idx is not None:
+            present = set().union(*(set(ds.header["elements"]) for ds in train_sets))
+            if present - known:  # some element only in validation frames: find the first
+                assert isinstance(self.val_set, Subset)
+                for i in range(len(self.val_set)):
+                    s = self.val_set[i]
+                    extra = set(s.numbers.tolist()) - known
+                    if extra:
+                        fail(f"{s.where()} (validation split)", extra)
 
     def _statistics(self, train_sets: list[LmdbDataset], train_idx: np.ndarray) -> DatasetStatistics:
         cfg = self.cfg

@@ -59,3 +59,15 @@ def test_best_checkpoint_is_chosen_within_stage_two(tiny_data, write_config):
     best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
     assert best["stage_two"] is True and best["epoch"] >= 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_unknown_element_in_validation_data_is_one_line(tiny_data, write_config, tiny, capsys):
+    """Issue 14 item 6: validation data with an element the training split lacks."""
+    cu = tiny_data / "cu.xyz"
+    cu.write_bytes((tiny / "cu_emt_10.xyz").read_bytes())
+    cfg = write_config(tiny_data, max_epochs=1)
+    assert main(["train", "--config", str(cfg), f"data.val=[{cu}]", "data.test=[]"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{cu}: element(s) ['Cu'] are not in the training data" in err
+    assert not any((tiny_data / "runs").rglob("*.ckpt"))
