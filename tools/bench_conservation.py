@@ -13,7 +13,8 @@
 ASE VelocityVerlet with the mlip calculator, Maxwell-Boltzmann start at --temperature
 (seeded, no net momentum or rotation), total energy logged every --log-every steps. Drift
 figures per atom: the largest excursion max|E(t) - E(0)| and the linear-fit drift (slope
-times the run length). Resident memory (VmRSS of this process) is read from /proc every
+times the run length). A run that blows up (the calculator's too-close or non-finite
+guards) is reported with the step where it did, and the figures cover the steps before. Resident memory (VmRSS of this process) is read from /proc every
 --rss-every steps after the first block (allocator warm-up). Prints a table and writes JSON.
 """
 
@@ -32,7 +33,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from mlip.calculator import MLIPCalculator
+from mlip.calculator import AtomsTooCloseError, MLIPCalculator, NonFiniteOutputError
 from mlip.calculator.allocator import tune_glibc_malloc
 from mlip.model.io import load_model
 
@@ -70,17 +71,28 @@ def run(args: argparse.Namespace) -> dict:
 
     record()
     t0 = time.perf_counter()
+    failure = None
     with tqdm(total=steps, desc=f"NVE {n} atoms", unit=" steps", mininterval=2) as bar:
         done = 0
         while done < steps:
             block = min(args.log_every, steps - done)
-            dyn.run(block)
+            try:
+                dyn.run(block)
+            except (AtomsTooCloseError, NonFiniteOutputError) as err:  # the run blew up
+                failure = {"step": dyn.nsteps, "ps": dyn.nsteps * args.timestep / 1000.0,
+                           "error": " ".join(str(err).split())}
+                break
             done += block
             bar.update(block)
             record()
+            if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
+                failure = {"step": dyn.nsteps, "ps": dyn.nsteps * args.timestep / 1000.0,
+                           "error": f"stopped: --max-minutes {args.max_minutes:g} reached"}
+                break
             if args.rss_every and done % args.rss_every == 0:
                 rss.append((done, rss_mb()))
     seconds = time.perf_counter() - t0
+    steps = done
     e = np.asarray(etot)
     t = np.asarray(times)
     slope = np.polyfit(t, e, 1)[0] if len(t) > 2 else float("nan")  # eV/ps
@@ -94,6 +106,9 @@ def run(args: argparse.Namespace) -> dict:
                           "max": float(np.max(temps))},
         "rss_mb": rss,
         "rss_growth_mb": (rss[-1][1] - rss[0][1]) if len(rss) > 1 else None,
+        "failure": failure,
+        "min_distance_end_A": float(np.min(atoms.get_all_distances(mic=True)[
+            np.triu_indices(n, 1)])) if n <= 3000 else None,
     }
     return out
 
@@ -113,6 +128,8 @@ def main() -> None:
     p.add_argument("--rss-every", type=int, default=0, help="sample VmRSS every N steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (and report) after this much wall time")
     p.add_argument("--no-malloc-tuning", action="store_true")
     p.add_argument("--out", help="JSON output")
     args = p.parse_args()
@@ -125,6 +142,9 @@ def main() -> None:
           f"linear-fit drift {out['fit_drift_meV_per_atom']:+.4f} meV/atom over the run; "
           f"T {out['temperature_K']['min']:.0f}-{out['temperature_K']['max']:.0f} K "
           f"(mean {out['temperature_K']['mean']:.0f})")
+    if out["failure"]:
+        print(f"STOPPED at step {out['failure']['step']} ({out['failure']['ps']:.3f} ps): "
+              f"{out['failure']['error']}; figures above cover the steps before it")
     if out["rss_mb"]:
         print("RSS [MB] by step: " + ", ".join(f"{s}: {m:.1f}" for s, m in out["rss_mb"]))
         print(f"RSS growth first -> last sample: {out['rss_growth_mb']:+.1f} MB")
