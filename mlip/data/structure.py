@@ -13,6 +13,7 @@ import vesin
 MAX_Z = 118  # the largest atomic number mlip accepts (Og)
 MAX_COORDINATE = 1.0e4  # [Å] larger |position| or lattice-vector length: wrong units or a corrupt frame
 MIN_DISTANCE = 0.1  # [Å] two atoms (or an atom and an image) closer than this are duplicates
+BRUTE_FORCE_ATOMS = 512  # free molecules up to this size: duplicate check over all pairs
 
 
 class InvalidStructureError(ValueError):
@@ -175,11 +176,20 @@ def closest_duplicate(
         ``(i, j, distance)`` with i <= j (i == j: an atom meets its own image), or None.
     """
     pbc = np.asarray(pbc, dtype=bool)
+    n = len(positions)
+    if not pbc.any() and n <= BRUTE_FORCE_ATOMS:  # molecules: all pairs is fastest
+        if n < 2:
+            return None
+        a, b = np.triu_indices(n, 1)
+        d = np.linalg.norm(positions[a] - positions[b], axis=1)
+        k = int(np.argmin(d))
+        return (int(a[k]), int(b[k]), float(d[k])) if d[k] < min_distance else None
     box = np.where(pbc[:, None], cell, 0.0) if pbc.any() else np.zeros((3, 3))
     extent = max(float(np.ptp(positions, axis=0).max(initial=0.0)), float(np.abs(box).max()))
-    # vesin's cell list fails (SIGFPE) once the extent reaches ~1e5 search radii along one
-    # axis; search a radius that keeps the ratio small and filter afterwards.
-    radius = max(min_distance, extent / 2.0e4)
+    # A cell list at a 0.1 Å radius has (extent / 0.1)^3 cells (ms per frame), and vesin
+    # fails (SIGFPE) from ~1e5 radii along one axis: search a radius of at least 1/15 of
+    # the extent and filter afterwards.
+    radius = max(min_distance, extent / 15.0)
     i, j, d = vesin.NeighborList(cutoff=radius, full_list=False).compute(
         np.ascontiguousarray(positions, dtype=np.float64), box, pbc.tolist(), "ijd"
     )

@@ -133,3 +133,25 @@ def test_broken_count_line_names_its_frame(tmp_path: Path, tiny: Path) -> None:
     path.write_text(good + "abc\n" + good)
     with pytest.raises(FrameReadError, match=r"bad_count\.xyz, frame 20: .*Expected xyz header"):
         list(iter_structures(path))
+
+
+def test_duplicate_check_paths_agree() -> None:
+    """All-pairs (molecules up to 512 atoms) and cell-list (larger) duplicate checks find
+    the same closest pair."""
+    import numpy as np
+
+    from mlip.data import structure as st
+
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 40, size=(600, 3))
+    pos[417] = pos[23] + [0.05, 0.0, 0.0]
+    big = st.closest_duplicate(pos, np.zeros((3, 3)), np.zeros(3, bool))
+    assert big[:2] == (23, 417) and abs(big[2] - 0.05) < 1e-12
+    small = pos[:500].copy()
+    small[417] = small[23] + [0.5, 0.0, 0.0]  # (it is in the first 500 too)
+    small[300] = small[23] + [0.0, 0.07, 0.0]
+    found = st.closest_duplicate(small, np.zeros((3, 3)), np.zeros(3, bool))
+    assert found[:2] == (23, 300) and abs(found[2] - 0.07) < 1e-12
+    pos[417] = pos[23] + [0.5, 0.0, 0.0]
+    assert st.closest_duplicate(pos, np.zeros((3, 3)), np.zeros(3, bool)) is None
+    assert st.closest_duplicate(pos[:500], np.zeros((3, 3)), np.zeros(3, bool)) is None
