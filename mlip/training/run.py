@@ -73,11 +73,11 @@ def export_model(module: PotentialModule, checkpoint_path: str | None, path: Pat
 @contextlib.contextmanager
 def process_state_restored():
     """Undo what a training run changes in its process: environment variables (Lightning's
-    seeding and DDP launcher set some), torch's thread count (``training.threads``), the
-    global torch/numpy/python random states (``seed_everything``) and the default dtype."""
+    seeding and DDP launcher set some), torch's thread count (``training.threads``) and the
+    global torch/numpy/python random states (``seed_everything``). Nothing in a run sets the
+    default dtype (tests/training/test_process_state.py checks it)."""
     env = dict(os.environ)
     threads = torch.get_num_threads()
-    dtype = torch.get_default_dtype()
     states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what Lightning's import sets
@@ -90,7 +90,6 @@ def process_state_restored():
             if os.environ.get(key) != value:
                 os.environ[key] = value
         torch.set_num_threads(threads)
-        torch.set_default_dtype(dtype)
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
@@ -103,7 +102,7 @@ def train(config: dict[str, Any] | str | Path, resume: bool = False,
     """Run training as configured; returns a summary dict (also written to summary.json).
 
     The process is left as it was found (:func:`process_state_restored`): environment,
-    thread count, random states and default dtype.
+    thread count and random states.
 
     Args:
         config: a resolved config (:func:`mlip.training.config.load_config`) or a YAML path.
