@@ -1,7 +1,8 @@
 """Dataset statistics: E0s, energy/force scales, average neighbor counts, label summaries.
 
 Everything here streams: each accumulator sees one structure at a time and keeps only
-small running sums (plus, for the E0 fit, one composition row per labelled structure).
+small running sums (the E0 fit goes through accumulated normal equations), so memory
+stays flat however many structures pass; partial sums of shards or workers merge.
 
 Two products:
 
@@ -14,9 +15,8 @@ Two products:
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,35 +212,155 @@ def statistics_key(split: str = "all", cutoff: float | None = None) -> str:
     return f"statistics/split={split}/cutoff={'none' if cutoff is None else f'{cutoff:g}'}"
 
 
-@dataclass
-class _Compositions:
-    """Compact per-structure element counts and energies of the labelled structures."""
+_MAX_Z = 119  # rows/columns of the normal equations: Z = 0 .. 118
 
-    z: array = field(default_factory=lambda: array("h"))
-    counts: array = field(default_factory=lambda: array("q"))
-    row_len: array = field(default_factory=lambda: array("i"))
-    energy: array = field(default_factory=lambda: array("d"))
-    num_atoms: array = field(default_factory=lambda: array("q"))
+
+class _NormalEquations:
+    """Flat-memory sums from which the E0 least-squares fit and the per-atom energy
+    statistics follow exactly (no per-structure rows are kept).
+
+    With ``a`` the element counts of a structure, ``n`` its atom count and ``E`` its energy
+    shifted by ``shift * n`` (``shift``: the first structure's energy per atom, which keeps
+    the squared sums small), it accumulates ``S``, ``sum a a^T``, ``sum a E``, ``sum a n``
+    and, for the per-atom quantities, ``sum E/n``, ``sum a/n``, ``sum (E/n)^2``,
+    ``sum a E/n^2`` and ``sum a a^T/n^2``. Partial sums of disjoint sets of structures add.
+    """
+
+    _VECTORS = ("ate", "atn", "an", "aen2")
+    _MATRICES = ("ata", "aan2")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: float | None = None
+        self.en = self.e2n2 = 0.0
+        for name in self._VECTORS:
+            setattr(self, name, np.zeros(_MAX_Z))
+        for name in self._MATRICES:
+            setattr(self, name, np.zeros((_MAX_Z, _MAX_Z)))
 
     def add(self, s: Structure) -> None:
         assert s.energy is not None
         z, counts = np.unique(s.numbers, return_counts=True)
-        self.z.extend(z.tolist())
-        self.counts.extend(counts.tolist())
-        self.row_len.append(len(z))
-        self.energy.append(s.energy)
-        self.num_atoms.append(s.num_atoms)
+        c = counts.astype(np.float64)
+        n = float(s.num_atoms)
+        if self.shift is None:
+            self.shift = s.energy / n
+        e = s.energy - self.shift * n
+        block = np.ix_(z, z)
+        outer = np.outer(c, c)
+        self.count += 1
+        self.ata[block] += outer
+        self.aan2[block] += outer / n**2
+        self.ate[z] += c * e
+        self.atn[z] += c * n
+        self.an[z] += c / n
+        self.aen2[z] += c * e / n**2
+        self.en += e / n
+        self.e2n2 += (e / n) ** 2
 
-    def matrix(self) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """(elements, counts matrix (S, n_species), energies (S,) [eV])."""
-        z = np.frombuffer(self.z, dtype=np.int16).astype(np.int64)
-        elements = sorted(set(z.tolist()))
-        column = {zi: i for i, zi in enumerate(elements)}
-        rows = np.repeat(np.arange(len(self.row_len)), np.frombuffer(self.row_len, dtype=np.int32))
-        a = np.zeros((len(self.row_len), len(elements)))
-        cols = np.array([column[zi] for zi in z.tolist()], dtype=np.int64)
-        a[rows, cols] = np.frombuffer(self.counts, dtype=np.int64)
-        return elements, a, np.frombuffer(self.energy, dtype=np.float64).copy()
+    def _rebase(self, shift: float) -> None:
+        """Re-express the sums for energies shifted by ``shift * n`` instead."""
+        if self.shift is None or shift == self.shift:
+            self.shift = shift
+            return
+        d = shift - self.shift
+        self.ate -= d * self.atn
+        self.aen2 -= d * self.an
+        self.e2n2 += -2.0 * d * self.en + d * d * self.count
+        self.en -= d * self.count
+        self.shift = shift
+
+    def merge(self, other: _NormalEquations) -> None:
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.shift = other.shift
+        other = other.copy()
+        assert self.shift is not None
+        other._rebase(self.shift)
+        self.count += other.count
+        self.en += other.en
+        self.e2n2 += other.e2n2
+        for name in self._VECTORS + self._MATRICES:
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def copy(self) -> _NormalEquations:
+        out = _NormalEquations()
+        out.count, out.shift, out.en, out.e2n2 = self.count, self.shift, self.en, self.e2n2
+        for name in self._VECTORS + self._MATRICES:
+            setattr(out, name, getattr(self, name).copy())
+        return out
+
+    @property
+    def elements(self) -> list[int]:
+        return np.flatnonzero(np.diag(self.ata) > 0).tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe sums restricted to the elements present."""
+        zs = self.elements
+        sub = np.ix_(zs, zs)
+        out: dict[str, Any] = {"count": self.count, "shift": self.shift, "elements": zs,
+                               "en": self.en, "e2n2": self.e2n2}
+        for name in self._VECTORS:
+            out[name] = getattr(self, name)[zs].tolist()
+        for name in self._MATRICES:
+            out[name] = getattr(self, name)[sub].tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _NormalEquations:
+        out = cls()
+        zs = [int(z) for z in data["elements"]]
+        out.count, out.shift = int(data["count"]), data["shift"]
+        out.en, out.e2n2 = float(data["en"]), float(data["e2n2"])
+        for name in cls._VECTORS:
+            getattr(out, name)[zs] = np.asarray(data[name], dtype=np.float64)
+        for name in cls._MATRICES:
+            getattr(out, name)[np.ix_(zs, zs)] = np.asarray(data[name], dtype=np.float64)
+        return out
+
+    def solve(self, e0s: dict[int, float] | None) -> tuple[dict[int, float], dict[str, Any]]:
+        """E0s (the given ones, or the minimum-norm least-squares fit) and the per-atom
+        interaction-energy statistics they leave.
+
+        Returns:
+            ``(e0s, {"mean", "rms", "by_element"})``; the statistics are None without energies.
+        """
+        zs = self.elements
+        if e0s is None:
+            if self.count == 0:
+                raise ValueError(
+                    "cannot fit E0s by least squares: no structure has an energy label; "
+                    "pass an isolated-atoms file (--e0s)"
+                )
+            ata = self.ata[np.ix_(zs, zs)]
+            # the shift moves E0s along (1, 1, ...); keep only its part that the data
+            # determine, so the result is the minimum-norm fit of the unshifted energies
+            ones = np.ones(len(zs))
+            e0_fit = _min_norm(ata, self.ate[zs]) + self.shift * _min_norm(ata, ata @ ones)
+            e0s = {z: float(e) for z, e in zip(zs, e0_fit, strict=True)}
+        none = {"mean": None, "rms": None, "by_element": None}
+        if self.count == 0:
+            return e0s, none
+        assert self.shift is not None
+        sub = np.ix_(zs, zs)
+        ata = self.ata[sub]
+        # E0s in the shifted frame, less what no structure sees (their null-space part):
+        # the same a . E0 for every structure, and small, so the sums below do not cancel
+        e0 = _min_norm(ata, ata @ (np.array([e0s[z] for z in zs]) - self.shift))
+        mean = (self.en - self.an[zs] @ e0) / self.count
+        square = self.e2n2 - 2.0 * e0 @ self.aen2[zs] + e0 @ self.aan2[sub] @ e0
+        rms = math.sqrt(max(square, 0.0) / self.count)
+        rest = _min_norm(ata, self.ate[zs] - ata @ e0 - mean * self.atn[zs])
+        by_element = {z: float(mean + d) for z, d in zip(zs, rest, strict=True)}
+        return e0s, {"mean": float(mean), "rms": rms, "by_element": by_element}
+
+
+def _min_norm(ata: np.ndarray, atb: np.ndarray) -> np.ndarray:
+    """Minimum-norm least-squares solution from the normal equations ``A^T A x = A^T b``
+    (what ``numpy.linalg.lstsq(A, b)`` returns: compositions that do not determine every
+    element, e.g. one molecule, leave the undetermined directions at zero)."""
+    return np.linalg.pinv(ata, rcond=1e-10, hermitian=True) @ atb
 
 
 class StatisticsAccumulator:
@@ -268,11 +388,13 @@ class StatisticsAccumulator:
         self.neighbor_counter = neighbor_counter
         self.e0_source = e0_source
         self.count = 0
-        self._rows = _Compositions()
+        self._rows = _NormalEquations()
         self._forces = _SquareSum()
         self._atoms = 0
         self._edges = 0
         self.pair_distances = pair_distances
+        self._counted = neighbor_counter is not None
+        self._pairs = pair_distances is not None
         self._closest: dict[tuple[int, int], float] = {}
 
     def add(self, s: Structure) -> None:
@@ -301,57 +423,86 @@ class StatisticsAccumulator:
             for key, d in self.pair_distances(s, self.cutoff).items():
                 self._closest[key] = min(d, self._closest.get(key, d))
 
+    def merge(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
+        """Fold in the sums of another accumulator over disjoint structures (a shard, a
+        worker's chunk) with the same settings; the result equals one pass over both.
+
+        Returns:
+            self.
+        """
+        if (other.cutoff, other.e0s) != (self.cutoff, self.e0s):
+            raise ValueError("cannot merge statistics computed with different cutoffs or E0s")
+        self.count += other.count
+        self._atoms += other._atoms
+        self._edges += other._edges
+        self._rows.merge(other._rows)
+        self._forces.count += other._forces.count
+        self._forces.sum_sq += other._forces.sum_sq
+        self._forces.max_abs = max(self._forces.max_abs, other._forces.max_abs)
+        for key, d in other._closest.items():
+            self._closest[key] = min(d, self._closest.get(key, d))
+        return self
+
+    def state(self) -> dict[str, Any]:
+        """JSON-safe running sums (a few kB whatever the data size), for
+        :meth:`from_state` and :meth:`merge`, e.g. per shard in a manifest."""
+        return {
+            "count": self.count,
+            "atoms": self._atoms,
+            "edges": self._edges,
+            "cutoff": self.cutoff,
+            "counted": self.neighbor_counter is not None,
+            "pairs": self.pair_distances is not None,
+            "e0s": None if self.e0s is None else {str(z): e for z, e in self.e0s.items()},
+            "energies": self._rows.to_dict(),
+            "forces": [self._forces.count, self._forces.sum_sq, self._forces.max_abs],
+            "closest": [[a, b, d] for (a, b), d in sorted(self._closest.items())],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StatisticsAccumulator:
+        """Inverse of :meth:`state` (neighbor and pair functions are not needed any more:
+        their sums are in the state)."""
+        e0s = state["e0s"]
+        acc = cls(e0s=None if e0s is None else {int(z): float(e) for z, e in e0s.items()},
+                  cutoff=state["cutoff"])
+        acc.count, acc._atoms, acc._edges = int(state["count"]), int(state["atoms"]), int(state["edges"])
+        acc._counted, acc._pairs = bool(state["counted"]), bool(state["pairs"])
+        acc._rows = _NormalEquations.from_dict(state["energies"])
+        acc._forces.count, acc._forces.sum_sq, acc._forces.max_abs = state["forces"]
+        acc._closest = {(int(a), int(b)): float(d) for a, b, d in state["closest"]}
+        return acc
+
     def finalize(self) -> DatasetStatistics:
         """The statistics of everything added so far.
 
         Raises:
             ValueError: E0s must be fitted but no structure carries an energy.
         """
-        elements, a, energy = self._rows.matrix()
-        if self.e0s is None:
-            e0s, method = _lstsq(elements, a, energy), "least_squares"
-        else:
-            e0s, method = dict(sorted(self.e0s.items())), "file"
-        mean = rms = by_element = None
-        if energy.size:
-            e0_vec = np.array([e0s[z] for z in elements])
-            natoms = np.frombuffer(self._rows.num_atoms, dtype=np.int64)
-            interaction = energy - a @ e0_vec
-            per_atom = interaction / natoms
-            mean = float(per_atom.mean())
-            rms = float(np.sqrt(np.mean(per_atom**2)))
-            rest = np.linalg.lstsq(a, interaction - mean * natoms, rcond=None)[0]
-            by_element = {z: mean + float(d) for z, d in zip(elements, rest, strict=True)}
-        counted = self.cutoff is not None and self.neighbor_counter is not None
+        e0s, energy = self._rows.solve(self.e0s)
+        method = "least_squares" if self.e0s is None else "file"
+        if self.e0s is not None:
+            e0s = dict(sorted(self.e0s.items()))
+        counted = self.cutoff is not None and self._counted
         return DatasetStatistics(
             e0s=e0s,
             e0_method=method,
-            energy_per_atom_mean=mean,
-            energy_per_atom_rms=rms,
+            energy_per_atom_mean=energy["mean"],
+            energy_per_atom_rms=energy["rms"],
             force_rms=self._forces.rms,
             avg_num_neighbors=self._edges / self._atoms if counted and self._atoms else None,
             cutoff=self.cutoff,
             num_structures=self.count,
-            energy_per_atom_by_element=by_element,
-            closest_pairs=None if self.pair_distances is None or self.cutoff is None else
+            energy_per_atom_by_element=energy["by_element"],
+            closest_pairs=None if not self._pairs or self.cutoff is None else
             {f"{a}-{b}": d for (a, b), d in sorted(self._closest.items())},
         )
-
-
-def _lstsq(elements: list[int], a: np.ndarray, energy: np.ndarray) -> dict[int, float]:
-    if energy.size == 0:
-        raise ValueError(
-            "cannot fit E0s by least squares: no structure has an energy label; "
-            "pass an isolated-atoms file (--e0s)"
-        )
-    solution = np.linalg.lstsq(a, energy, rcond=None)[0]
-    return {z: float(e) for z, e in zip(elements, solution, strict=True)}
 
 
 def fit_e0s_least_squares(structures: Iterable[Structure]) -> dict[int, float]:
     """Fit per-element reference energies so that ``counts @ e0 ≈ energy``.
 
-    Solved with ``numpy.linalg.lstsq(rcond=None)``; when compositions do not determine the
+    Solved through the normal equations (the minimum-norm solution); when compositions do not determine the
     E0s (e.g. every structure is the same molecule) this is the minimum-norm solution.
     Structures without an energy are ignored.
 
@@ -361,11 +512,11 @@ def fit_e0s_least_squares(structures: Iterable[Structure]) -> dict[int, float]:
     Returns:
         Z -> E0 [eV], sorted by Z.
     """
-    rows = _Compositions()
+    rows = _NormalEquations()
     for s in structures:
         if s.energy is not None:
             rows.add(s)
-    return _lstsq(*rows.matrix())
+    return dict(sorted(rows.solve(None)[0].items()))
 
 
 def e0s_from_file(path: str | Path) -> dict[int, float]:
