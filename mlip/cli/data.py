@@ -21,11 +21,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     conv = sub.add_parser(
         "convert",
-        help="stream structure files (extxyz, ASE .db, .traj) into one LMDB",
-        description="Stream structure files (anything ASE reads) into one LMDB dataset.",
+        help="stream structure files (extxyz, ASE .db, .traj, .aselmdb) into an LMDB dataset",
+        description="Stream structure files (anything ASE reads, and fairchem ASE-LMDB files) "
+        "into one LMDB dataset or a folder of LMDB shards.",
     )
-    conv.add_argument("inputs", nargs="+", metavar="INPUT", help="structure files, read in order")
-    conv.add_argument("-o", "--output", required=True, metavar="OUT.lmdb", help="LMDB to create")
+    conv.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="structure files (extxyz, .traj, ASE .db, fairchem .aselmdb) or "
+                      "folders of .aselmdb files, read in order")
+    conv.add_argument("-o", "--output", required=True, metavar="OUT",
+                      help="LMDB file to create (a folder of shards with --shard-size)")
+    conv.add_argument("--shard-size", type=int, metavar="K",
+                      help="write a folder of LMDB shards of at most K structures each, with "
+                      "manifest.json (for data sets larger than one file should be)")
+    conv.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="convert with N processes (parallel over .aselmdb row ranges and "
+                      "over input files); default 1")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
     for label, where in (("energy", "info"), ("forces", "arrays"), ("stress", "info")):
         conv.add_argument(
@@ -65,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summarise an LMDB dataset",
         description="Print counts, elements, labels and statistics of an LMDB dataset.",
     )
-    info.add_argument("path", metavar="DATA.lmdb")
+    info.add_argument("path", metavar="DATA", help="an mlip LMDB file or shard folder")
     info.add_argument("--json", action="store_true", help="print header and metadata as JSON")
     info.set_defaults(func=run_info)
 
@@ -85,7 +95,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from mlip.data.convert import convert
     from mlip.data.stats import MissingE0Error
     from mlip.data.structure import InvalidStructureError
-    from mlip.graph.stats import count_edges
+    from mlip.graph.stats import closest_pairs, count_edges
 
     def report_skip(message: str) -> None:
         tqdm.write(f"mlip data: skipped {message}", file=sys.stderr)
@@ -102,6 +112,9 @@ def run_convert(args: argparse.Namespace) -> int:
             e0s_file=args.e0s,
             cutoff=args.cutoff,
             neighbor_counter=count_edges if args.cutoff is not None else None,
+            pair_distances=closest_pairs if args.cutoff is not None else None,
+            shard_size=args.shard_size,
+            workers=args.workers,
             progress=not args.no_progress,
             on_skip=report_skip,
             allow_missing_labels=args.allow_missing_labels,
@@ -121,20 +134,32 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mlip.data.lmdb import LmdbDataset, LmdbFormatError
+    from mlip.data.lmdb import LmdbFormatError
+    from mlip.data.shards import ShardedDataset, open_dataset
 
-    dataset = LmdbDataset(args.path)
     try:
+        dataset = open_dataset(args.path)
         header = dataset.header
         metadata = {name: dataset.metadata(name) for name in dataset.metadata_names()}
     except (FileNotFoundError, LmdbFormatError) as err:
         raise CliError(_one_line(err)) from None
-    finally:
-        dataset.close()
+    shards = None
+    if isinstance(dataset, ShardedDataset):
+        shards = [{k: v for k, v in s.items() if k != "statistics_state"}
+                  for s in dataset.manifest["shards"]]
+    dataset.close()
     if args.json:
-        print(json.dumps({"path": args.path, "header": header, "metadata": metadata}, indent=2))
+        out = {"path": args.path, "header": header, "metadata": metadata}
+        if shards is not None:
+            out["shards"] = shards
+        print(json.dumps(out, indent=2))
     else:
-        print("\n".join(format_info(args.path, header, metadata)))
+        lines = format_info(args.path, header, metadata)
+        if shards is not None:
+            counts = [s["count"] for s in shards]
+            lines.insert(1, f"shards:  {len(shards)} (structures per shard: min {min(counts)}, "
+                            f"max {max(counts)})")
+        print("\n".join(lines))
     return 0
 
 

@@ -1,7 +1,17 @@
-"""Convert structure files (anything ASE reads) into one mlip LMDB, in one streaming pass."""
+"""Convert structure files (anything ASE reads, and fairchem ASE-LMDB files) into an mlip
+dataset: one LMDB file, or a folder of LMDB shards with a manifest (``shard_size``), in one
+streaming pass, optionally with several worker processes.
+
+Work is cut into units: a row range of an ASE-LMDB file (random access) or a whole file of
+another format. Each unit is read, validated and written by one process; units are put
+together in input order, so the output does not depend on the number of workers."""
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,11 +20,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mlip.data.lmdb import INITIAL_MAP_SIZE, LmdbWriter
+from mlip import __version__
+from mlip.cache import process_alive
+from mlip.data.aselmdb import AseLmdbError, AseLmdbFile, expand_inputs, is_aselmdb
+from mlip.data.lmdb import INITIAL_MAP_SIZE, LmdbDataset, LmdbWriter
 from mlip.data.readers import FrameReadError, atoms_to_structure, iter_atoms
+from mlip.data.shards import FORMAT_NAME, SCHEMA_VERSION, shard_name, write_manifest
 from mlip.data.stats import (
     DatasetStatistics,
+    DatasetSummary,
+    MissingE0Error,
     NeighborCounter,
+    PairDistances,
     StatisticsAccumulator,
     e0s_from_file,
     statistics_key,
@@ -64,16 +81,31 @@ class _LabelCheck:
                         f"{self.path}, frame {structure.frame}: --{name}-key / data.{name}_key "
                         f"{key!r} is not in the frame; it has {_available_keys(atoms)}"
                     )
-            ref_frame, ref_have = self.first[name]
-            if have != ref_have and not self.allow_missing:
-                them = "one" if name == "energy" else "them"
-                now, then = ("has", "has none") if have else ("has no", f"has {them}")
-                raise InvalidStructureError(
-                    f"{structure.where()}: {now} {name}, frame {ref_frame} of the file {then}; "
-                    "mixed labels need --allow-missing-labels (data.allow_missing_labels; "
-                    "missing labels are masked in training)"
-                )
+            self._compare(name, structure.frame, have)
             self.found[name] += have
+
+    def _compare(self, name: str, frame: int, have: bool) -> None:
+        ref_frame, ref_have = self.first[name]
+        if have != ref_have and not self.allow_missing:
+            them = "one" if name == "energy" else "them"
+            now, then = ("has", "has none") if have else ("has no", f"has {them}")
+            raise InvalidStructureError(
+                f"{self.path}, frame {frame}: {now} {name}, frame {ref_frame} of the file "
+                f"{then}; mixed labels need --allow-missing-labels (data.allow_missing_labels; "
+                "missing labels are masked in training)"
+            )
+
+    def absorb(self, other: _LabelCheck) -> None:
+        """Continue with the next unit of the same file (frames after this one's)."""
+        if not self.available:
+            self.available = other.available
+        for name, (frame, have) in other.first.items():
+            if name not in self.first:
+                self.first[name] = (frame, have)
+                continue
+            self._compare(name, frame, have)
+        for name, count in other.found.items():
+            self.found[name] += count
 
     def finish(self) -> None:
         for name, key in self.keys.items():
@@ -89,7 +121,7 @@ class ConvertReport:
     """What a conversion did.
 
     Attributes:
-        output: the LMDB file written.
+        output: the LMDB file (or shard folder) written.
         written: structures written.
         skipped: invalid frames skipped (only with ``skip_invalid``).
         elements: sorted atomic numbers present.
@@ -107,6 +139,8 @@ class ConvertReport:
     statistics: DatasetStatistics | None = None
     statistics_key: str | None = None
     warnings: list[str] = field(default_factory=list)
+    shards: int = 0
+    workers: int = 1
 
     @property
     def frames_per_second(self) -> float:
@@ -117,10 +151,208 @@ class ConvertReport:
         from ase.data import chemical_symbols
 
         elements = " ".join(chemical_symbols[z] for z in self.elements)
+        where = f"{self.output} ({self.shards} shards)" if self.shards else self.output
         return (
-            f"wrote {self.written} frames to {self.output}, skipped {self.skipped}, "
+            f"wrote {self.written} frames to {where}, skipped {self.skipped}, "
             f"elements {elements}, {self.seconds:.2f} s, {self.frames_per_second:.0f} frames/s"
         )
+
+
+@dataclass(frozen=True)
+class _Options:
+    keys: dict[str, str | None]
+    skip_invalid: bool
+    allow_missing: bool
+    e0s: dict[int, float] | None
+    e0_source: str
+    cutoff: float | None
+    neighbor_counter: NeighborCounter | None
+    pair_distances: PairDistances | None
+    statistics: bool
+    map_size: int
+
+    def accumulator(self) -> StatisticsAccumulator | None:
+        if not self.statistics:
+            return None
+        return StatisticsAccumulator(
+            e0s=self.e0s, cutoff=self.cutoff, neighbor_counter=self.neighbor_counter,
+            e0_source=self.e0_source, pair_distances=self.pair_distances,
+        )
+
+
+@dataclass(frozen=True)
+class _Unit:
+    index: int
+    path: str
+    start: int = 0
+    stop: int | None = None  # None: to the end of the file
+
+
+@dataclass
+class _Part:
+    """One LMDB a unit wrote (a shard, or a piece of a single output)."""
+
+    file: str
+    count: int
+    summary: DatasetSummary
+    statistics_state: dict[str, Any] | None
+
+
+@dataclass
+class _UnitResult:
+    unit: _Unit
+    parts: list[_Part] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    labels: _LabelCheck | None = None
+    error: tuple[str, str] | None = None  # (kind, one-line message)
+
+
+class _PartSink:
+    """Writes a unit's structures into part files, a new one every ``shard_size``."""
+
+    def __init__(self, folder: str, unit: _Unit, options: _Options, shard_size: int | None) -> None:
+        self.folder, self.unit, self.options, self.shard_size = folder, unit, options, shard_size
+        self.parts: list[_Part] = []
+        self.writer: LmdbWriter | None = None
+        self.stats: StatisticsAccumulator | None = None
+
+    def add(self, structure: Structure) -> None:
+        if self.writer is None:
+            name = os.path.join(self.folder, f"unit{self.unit.index:07d}-{len(self.parts):05d}.lmdb")
+            self.writer = LmdbWriter(name, key_mapping=self.options.keys, sources=[self.unit.path],
+                                     map_size=self.options.map_size).__enter__()
+            self.stats = self.options.accumulator()
+        self.writer.add(structure)
+        if self.stats is not None:
+            self.stats.add(structure)
+        if self.shard_size is not None and len(self.writer) >= self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        writer.__exit__(None, None, None)
+        state = None if self.stats is None else self.stats.state()
+        self.parts.append(_Part(writer.path, len(writer), writer.summary, state))
+
+    def abort(self, exc: BaseException) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.__exit__(type(exc), exc, None)
+
+
+class _DirectSink:
+    """Writes straight into the final single output (one process, no copy)."""
+
+    def __init__(self, writer: LmdbWriter, stats: StatisticsAccumulator | None) -> None:
+        self.writer, self.stats = writer, stats
+
+    def add(self, structure: Structure) -> None:
+        self.writer.add(structure)
+        if self.stats is not None:
+            self.stats.add(structure)
+
+
+def _read_unit(unit: _Unit, options: _Options, sink: Any, result: _UnitResult,
+               tick: Callable[[], None]) -> None:
+    """Stream the frames of one unit through validation and the label check into ``sink``."""
+    keys = options.keys
+    labels = result.labels = _LabelCheck(unit.path, keys, options.allow_missing)
+    frames = iter_atoms(unit.path, start=unit.start)
+    while True:
+        try:
+            frame, atoms = next(frames)
+            if unit.stop is not None and frame >= unit.stop:
+                break
+            structure = atoms_to_structure(atoms, unit.path, frame, *keys.values()).validate()
+            labels.see(structure, atoms)
+        except StopIteration:
+            break
+        except InvalidStructureError as err:
+            if not options.skip_invalid:
+                raise
+            result.skipped.append(str(err))
+            if isinstance(err, FrameReadError):
+                if not err.can_continue:
+                    break  # the reader cannot go past a frame it failed to parse
+                if unit.stop is not None and err.frame + 1 >= unit.stop:
+                    break
+                frames = iter_atoms(unit.path, start=err.frame + 1)
+            continue
+        sink.add(structure)
+        tick()
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "InvalidStructureError": InvalidStructureError,
+    "FrameReadError": InvalidStructureError,
+    "LabelKeyError": LabelKeyError,
+    "MissingE0Error": MissingE0Error,
+    "FileNotFoundError": FileNotFoundError,
+    "ValueError": ValueError,
+}
+_COUNTER: Any = None  # frames converted, shared with the workers (set by _init_worker)
+
+
+def _init_worker(counter: Any) -> None:
+    global _COUNTER
+    _COUNTER = counter
+
+
+def _tick_shared() -> None:
+    with _COUNTER.get_lock():
+        _COUNTER.value += 1
+
+
+def _run_unit(args: tuple[_Unit, _Options, str, int | None],
+              tick: Callable[[], Any] | None = None) -> _UnitResult:
+    """A worker's job: convert one unit into part files (errors come back as text)."""
+    unit, options, folder, shard_size = args
+    result = _UnitResult(unit)
+    sink = _PartSink(folder, unit, options, shard_size)
+    try:
+        _read_unit(unit, options, sink, result, tick or _tick_shared)
+        sink.close()
+    except (InvalidStructureError, LabelKeyError, MissingE0Error, ValueError, FileNotFoundError) as err:
+        sink.abort(err)
+        result.error = (type(err).__name__, str(err))
+    except BaseException as err:
+        sink.abort(err)
+        raise
+    result.parts = sink.parts
+    return result
+
+
+def _plan(inputs: list[str], shard_size: int | None, workers: int) -> list[_Unit]:
+    """Cut the inputs into units: row ranges of ASE-LMDB files, whole other files."""
+    units: list[_Unit] = []
+    for path in inputs:
+        if not is_aselmdb(path):
+            units.append(_Unit(len(units), path))
+            continue
+        try:
+            with AseLmdbFile(path) as db:
+                n = len(db)
+        except AseLmdbError as err:
+            raise FrameReadError(path, 0, str(err).removeprefix(f"{path}: ")) from None
+        step = shard_size or max(1000, math.ceil(n / (4 * workers)))
+        for start in range(0, max(n, 1), step):
+            units.append(_Unit(len(units), path, start, start + step))
+    return units
+
+
+def _remove_stale(path: str) -> None:
+    """Delete ``OUT.partial-<pid>`` / ``OUT.parts-<pid>`` folders of dead processes."""
+    folder, name = os.path.split(path)
+    for entry in os.listdir(folder or "."):
+        for marker in (".partial-", ".parts-"):
+            if entry.startswith(name + marker):
+                pid = entry[len(name + marker):]
+                full = os.path.join(folder, entry)
+                if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)) \
+                        and os.path.isdir(full):
+                    shutil.rmtree(full, ignore_errors=True)
 
 
 def convert(
@@ -138,31 +370,44 @@ def convert(
     on_skip: Callable[[str], None] | None = None,
     map_size: int = INITIAL_MAP_SIZE,
     allow_missing_labels: bool = False,
+    shard_size: int | None = None,
+    workers: int = 1,
+    pair_distances: PairDistances | None = None,
 ) -> ConvertReport:
-    """Stream every frame of ``inputs`` into a new LMDB file ``output``.
+    """Stream every frame of ``inputs`` into a new dataset ``output``.
 
     Statistics (:class:`~mlip.data.stats.DatasetStatistics` of all frames) are computed in
     the same pass when ``cutoff`` or ``e0s_file`` is given and stored as metadata under
-    ``statistics_key("all", cutoff)``.
+    ``statistics_key("all", cutoff)``; a sharded output also keeps each shard's mergeable
+    sums in its manifest.
 
     Args:
-        inputs: structure files (extxyz, ASE .db, .traj, ...), read in order.
-        output: the LMDB file to create; never left half-written.
+        inputs: structure files (extxyz, ASE .db, .traj, fairchem .aselmdb, ...) or folders
+            of .aselmdb files (OMol25's layout), read in order.
+        output: the LMDB file (or, with ``shard_size``, the folder) to create; never left
+            half-written.
         energy_key: info key of the energy [eV]; None = ASE calculator results.
         forces_key: arrays key of the forces [eV/Å]; None = ASE calculator results.
         stress_key: info key of the stress [eV/Å^3]; None = ASE calculator results.
-        skip_invalid: skip frames that cannot be parsed or fail validation (a file that
+        skip_invalid: skip frames that cannot be parsed or fail validation (a text file that
             breaks off keeps its frames before the break) instead of aborting.
         overwrite: replace an existing ``output``.
         e0s_file: isolated-atom energies; None fits E0s by least squares.
         cutoff: neighbor cutoff [Å] for the average neighbor count.
-        neighbor_counter: (structure, cutoff) -> directed edges, used with ``cutoff``.
+        neighbor_counter: (structure, cutoff) -> directed edges, used with ``cutoff``
+            (with ``workers > 1`` it must be a module-level function).
         progress: show a progress bar on stderr (only when it is a terminal).
         on_skip: called with a one-line description of every skipped frame.
         map_size: initial LMDB map size [bytes] (it grows as needed).
         allow_missing_labels: accept files whose frames differ in which labels they carry
             (missing labels are masked in training); by default every frame of a file must
             have the labels its frame 0 has.
+        shard_size: write a folder of LMDB shards of at most this many structures each,
+            with ``manifest.json`` (:mod:`mlip.data.shards`); None = one LMDB file.
+        workers: processes that read and validate in parallel (units: row ranges of
+            .aselmdb inputs, whole files otherwise).
+        pair_distances: (structure, cutoff) -> closest distance per element pair, for the
+            statistics' ``closest_pairs`` (what training needs for the repulsion).
 
     Returns:
         A :class:`ConvertReport`.
@@ -176,70 +421,253 @@ def convert(
         LabelKeyError: an explicit ``*_key`` matches nothing in a file (always an error;
             the message lists the keys the file does have).
         MissingE0Error: the E0 file lacks an element of the data.
-        ValueError: no frame could be converted.
+        ValueError: no frame could be converted, or bad ``shard_size`` / ``workers``.
     """
     import ase.io  # noqa: F401 - imported before the clock starts (about a second)
 
     start = time.perf_counter()
-    inputs = [str(p) for p in inputs]
+    if shard_size is not None and int(shard_size) < 1:
+        raise ValueError(f"shard size must be at least 1, got {shard_size}")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    workers = int(workers)
+    for path in inputs:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file")
+    inputs = expand_inputs([str(p) for p in inputs])
     for path in inputs:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
-    stats = None
-    if cutoff is not None or e0s_file is not None:
-        stats = StatisticsAccumulator(
-            e0s=None if e0s_file is None else e0s_from_file(e0s_file),
-            cutoff=cutoff,
-            neighbor_counter=neighbor_counter,
-            e0_source=str(e0s_file),
-        )
-    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
-    skipped = 0
-    writer = LmdbWriter(
-        output, overwrite=overwrite, key_mapping=keys, sources=inputs, map_size=map_size
+    output = str(output)
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{output} exists; choose another name or overwrite it")
+    parent = os.path.dirname(output) or "."
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"output directory {parent} does not exist")
+    options = _Options(
+        keys={"energy": energy_key, "forces": forces_key, "stress": stress_key},
+        skip_invalid=skip_invalid,
+        allow_missing=allow_missing_labels,
+        e0s=None if e0s_file is None else e0s_from_file(e0s_file),
+        e0_source=str(e0s_file),
+        cutoff=cutoff,
+        neighbor_counter=neighbor_counter,
+        pair_distances=pair_distances,
+        statistics=cutoff is not None or e0s_file is not None,
+        map_size=map_size,
     )
-    with writer, tqdm(desc="converting", unit=" frames", disable=None if progress else True) as bar:
-        for path in inputs:
-            frames = iter_atoms(path)
-            labels = _LabelCheck(path, keys, allow_missing_labels)
-            while True:
-                try:
-                    frame, atoms = next(frames)
-                    structure = atoms_to_structure(atoms, path, frame, *keys.values()).validate()
-                    labels.see(structure, atoms)
-                except StopIteration:
-                    labels.finish()
-                    break
-                except InvalidStructureError as err:
-                    if not skip_invalid:
-                        raise
-                    skipped += 1
-                    if on_skip is not None:
-                        on_skip(str(err))
-                    if isinstance(err, FrameReadError):
-                        break  # the reader cannot go past a frame it failed to parse
-                    continue
-                writer.add(structure)
-                if stats is not None:
-                    stats.add(structure)
-                bar.update()
-        if len(writer) == 0:
-            raise ValueError(f"{', '.join(inputs)}: no valid frames; nothing written")
-        statistics = None if stats is None else stats.finalize()
-        stats_name = None
-        if statistics is not None:
-            stats_name = statistics_key("all", cutoff)
-            writer.set_metadata(stats_name, statistics.to_dict())
+    units = _plan(inputs, shard_size, workers)
+    stats_name = statistics_key("all", cutoff) if options.statistics else None
+    bar = tqdm(desc="converting", unit=" frames", disable=None if progress else True)
+    with bar:
+        if shard_size is None and workers == 1:
+            written, skipped, statistics = _convert_direct(units, options, output, overwrite,
+                                                           inputs, stats_name, bar, on_skip)
+            shards = 0
+        else:
+            written, skipped, statistics, shards = _convert_parts(
+                units, options, output, overwrite, inputs, stats_name, bar, on_skip,
+                shard_size, workers)
     warnings = []
     if cutoff is not None and neighbor_counter is None:
         warnings.append("no neighbor counter available; avg_num_neighbors was not computed")
     return ConvertReport(
-        output=str(output),
-        written=len(writer),
+        output=output,
+        written=written.count,
         skipped=skipped,
-        elements=writer.summary.elements,
+        elements=written.elements,
         seconds=time.perf_counter() - start,
         statistics=statistics,
         statistics_key=stats_name,
         warnings=warnings,
+        shards=shards,
+        workers=workers,
     )
+
+
+def _check_labels(results: list[_UnitResult]) -> None:
+    """The label rules across the units of each file, then the explicit-key check."""
+    by_file: dict[str, _LabelCheck] = {}
+    for result in results:
+        assert result.labels is not None
+        path = result.unit.path
+        if path not in by_file:
+            by_file[path] = result.labels
+        else:
+            by_file[path].absorb(result.labels)
+    for check in by_file.values():
+        check.finish()
+
+
+def _convert_direct(units, options, output, overwrite, inputs, stats_name, bar, on_skip):
+    """One process, one output file: frames go straight into it."""
+    stats = options.accumulator()
+    skipped = 0
+    writer = LmdbWriter(output, overwrite=overwrite, key_mapping=options.keys, sources=inputs,
+                        map_size=options.map_size)
+    with writer:
+        results = []
+        for unit in units:
+            result = _UnitResult(unit)
+            _read_unit(unit, options, _DirectSink(writer, stats), result, bar.update)
+            for message in result.skipped:
+                if on_skip is not None:
+                    on_skip(message)
+            skipped += len(result.skipped)
+            results.append(result)
+        _check_labels(results)
+        if len(writer) == 0:
+            raise ValueError(f"{', '.join(inputs)}: no valid frames; nothing written")
+        statistics = None if stats is None else stats.finalize()
+        if statistics is not None:
+            writer.set_metadata(stats_name, statistics.to_dict())
+    return writer.summary, skipped, statistics
+
+
+def _run_all(units, options, folder, shard_size, workers, bar) -> list[_UnitResult]:
+    """Run the units (in a pool when ``workers > 1``), results in unit order; stops at
+    the first unit that fails."""
+    jobs = [(u, options, folder, shard_size) for u in units]
+    if workers == 1 or len(units) == 1:
+        results = []
+        for job in jobs:
+            result = _run_unit(job, tick=bar.update)
+            results.append(result)
+            if result.error is not None:
+                break
+        return results
+    context = multiprocessing.get_context()
+    counter = context.Value("q", 0)
+    with context.Pool(min(workers, len(units)), initializer=_init_worker, initargs=(counter,)) as pool:
+        pending = pool.imap(_run_unit, jobs)
+        results = []
+        shown = 0
+        while len(results) < len(jobs):
+            try:
+                result = pending.next(timeout=0.2)
+            except multiprocessing.TimeoutError:
+                result = None
+            if counter.value > shown:
+                bar.update(counter.value - shown)
+                shown = counter.value
+            if result is None:
+                continue
+            results.append(result)
+            if result.error is not None:
+                pool.terminate()
+                break
+        if counter.value > shown:
+            bar.update(counter.value - shown)
+    return results
+
+
+def _convert_parts(units, options, output, overwrite, inputs, stats_name, bar, on_skip,
+                   shard_size, workers):
+    """Units write part files in a private folder; they become the shards of a folder
+    output, or are copied in order into one output file."""
+    _remove_stale(output)
+    sharded = shard_size is not None
+    folder = f"{output}.{'partial' if sharded else 'parts'}-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    os.mkdir(folder)
+    try:
+        results = _run_all(units, options, folder, shard_size, workers, bar)
+        skipped = 0
+        for result in results:
+            for message in result.skipped:
+                if on_skip is not None:
+                    on_skip(message)
+            skipped += len(result.skipped)
+            if result.error is not None:
+                kind, message = result.error
+                raise _ERRORS.get(kind, ValueError)(message)
+        _check_labels(results)
+        parts = [p for r in results for p in r.parts]
+        summary = DatasetSummary()
+        for part in parts:
+            summary.merge(part.summary)
+        if summary.count == 0:
+            raise ValueError(f"{', '.join(inputs)}: no valid frames; nothing written")
+        statistics = None
+        merged = None
+        if options.statistics:
+            merged = StatisticsAccumulator.from_state(parts[0].statistics_state)
+            for part in parts[1:]:
+                merged.merge(StatisticsAccumulator.from_state(part.statistics_state))
+            statistics = merged.finalize()
+        if sharded:
+            _finish_shards(folder, parts, summary, options, inputs, stats_name, statistics)
+            _move_into_place(folder, output, overwrite)
+        else:
+            _concatenate(parts, output, overwrite, options, inputs, summary, stats_name, statistics)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return summary, skipped, statistics, len(parts) if sharded else 0
+
+
+def _header(summary: DatasetSummary, options: _Options, inputs: list[str]) -> dict[str, Any]:
+    from mlip.data.lmdb import UNITS
+
+    header: dict[str, Any] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
+    header.update(summary.to_dict())
+    header["units"] = dict(UNITS)
+    header["key_mapping"] = dict(options.keys)
+    header["sources"] = list(inputs)
+    header["creator"] = f"mlip {__version__}"
+    header["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return header
+
+
+def _finish_shards(folder, parts, summary, options, inputs, stats_name, statistics) -> None:
+    shards = []
+    for i, part in enumerate(parts):
+        os.replace(part.file, os.path.join(folder, shard_name(i)))
+        shards.append({
+            "file": shard_name(i),
+            "count": part.count,
+            "elements": part.summary.elements,
+            "atoms": int(sum(part.summary.atoms_per_element.values())),
+            "sources": list(part.summary.sources),
+            "statistics_state": part.statistics_state,
+        })
+    header = _header(summary, options, inputs)
+    manifest = {
+        "format": FORMAT_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "count": summary.count,
+        "header": header,
+        "metadata": {} if statistics is None else {stats_name: statistics.to_dict()},
+        "shards": shards,
+    }
+    write_manifest(folder, manifest)
+
+
+def _move_into_place(folder: str, output: str, overwrite: bool) -> None:
+    if os.path.exists(output):
+        if not overwrite:
+            raise FileExistsError(f"{output} exists; choose another name or overwrite it")
+        old = f"{output}.old-{os.getpid()}"
+        os.replace(output, old)
+        os.replace(folder, output)
+        if os.path.isdir(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)
+        return
+    os.replace(folder, output)
+
+
+def _concatenate(parts, output, overwrite, options, inputs, summary, stats_name, statistics) -> None:
+    """Copy the parts' records, in order and still encoded, into one output LMDB."""
+    writer = LmdbWriter(output, overwrite=overwrite, key_mapping=options.keys, sources=inputs,
+                        map_size=options.map_size)
+    with writer:
+        for part in parts:
+            source = LmdbDataset(part.file)
+            sizes = source.sizes()
+            for i, raw in enumerate(source.iter_raw()):
+                writer.add_encoded(raw, int(sizes[i]))
+            source.close()
+        writer.summary.merge(summary)
+        if statistics is not None:
+            writer.set_metadata(stats_name, statistics.to_dict())

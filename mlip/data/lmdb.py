@@ -5,7 +5,10 @@ File layout (``subdir=False``: one data file, no directory):
 * records ``0 .. count-1`` under 8-byte big-endian keys (key order = index order), each a
   :mod:`mlip.data.codec` record (no pickle);
 * ``__header__``: JSON described in :meth:`LmdbWriter.header`;
-* ``__meta__/<name>``: cached JSON blobs, e.g. statistics (:func:`write_metadata`).
+* ``__meta__/<name>``: cached JSON blobs, e.g. statistics (:func:`write_metadata`);
+* ``__sizes__``: atoms per record, int32 little-endian plus a CRC-32 (what size-aware
+  batching needs without decoding every record; files written before it have none and
+  their sizes are read from the records once).
 
 Corruption is detected, not read as numbers (schema 3): every record carries a CRC-32
 (:mod:`mlip.data.codec`), the header and metadata blobs a ``__crc32__`` of their canonical
@@ -24,6 +27,7 @@ import os
 import struct
 import time
 import zlib
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +46,7 @@ from mlip.data.structure import Structure
 SCHEMA_VERSION = 3  # 2: the header's element list is 'elements' (was 'species' in 1); 3: checksums
 FORMAT_NAME = "mlip-lmdb"
 HEADER_KEY = b"__header__"
+SIZES_KEY = b"__sizes__"
 META_PREFIX = b"__meta__/"
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3", "positions": "Å"}
 INITIAL_MAP_SIZE = 64 * 2**20
@@ -153,6 +158,7 @@ class LmdbWriter:
         self._env: lmdb.Environment | None = None
         self._pending: list[tuple[bytes, bytes]] = []
         self._metadata: dict[str, dict[str, Any]] = {}
+        self._sizes = array("i")
 
     def __enter__(self) -> LmdbWriter:
         if os.path.exists(self.path) and not self.overwrite:
@@ -181,9 +187,22 @@ class LmdbWriter:
         """
         if self._env is None:
             raise RuntimeError("LmdbWriter.add() outside the `with` block")
-        index = self.summary.count
-        self._pending.append((index_key(index), encode_structure(structure)))
+        index = self.add_encoded(encode_structure(structure), structure.num_atoms)
         self.summary.add(structure)
+        return index
+
+    def add_encoded(self, record: bytes, num_atoms: int) -> int:
+        """Append one record that is already encoded (copied from another mlip LMDB).
+        The caller accounts for it in :attr:`summary` (e.g. ``summary.merge``).
+
+        Returns:
+            Its index in the file.
+        """
+        if self._env is None:
+            raise RuntimeError("LmdbWriter.add_encoded() outside the `with` block")
+        index = len(self._sizes)
+        self._pending.append((index_key(index), bytes(record)))
+        self._sizes.append(int(num_atoms))
         if len(self._pending) >= self.commit_every:
             self._flush(self._env)
         return index
@@ -195,7 +214,7 @@ class LmdbWriter:
         self._metadata[name] = blob
 
     def __len__(self) -> int:
-        return self.summary.count
+        return len(self._sizes)
 
     def header(self) -> dict[str, Any]:
         """The ``__header__`` record.
@@ -234,7 +253,12 @@ class LmdbWriter:
         try:
             if exc_type is None:
                 self._flush(env)
-                final = [(HEADER_KEY, dump_checked(self.header()))]
+                if self.summary.count != len(self._sizes):
+                    raise RuntimeError(
+                        f"{self.path}: {len(self._sizes)} records but a summary of "
+                        f"{self.summary.count}; merge the summary of copied records"
+                    )
+                final = [(HEADER_KEY, dump_checked(self.header())), (SIZES_KEY, _pack_sizes(self._sizes))]
                 final += [(_meta_key(k), dump_checked(v)) for k, v in self._metadata.items()]
                 _put_all(env, final)
                 env.sync(True)
@@ -248,6 +272,18 @@ class LmdbWriter:
         finally:
             self._pending = []
         _remove(self.partial_path)  # on success only the (absent) lock file is left
+
+
+def _pack_sizes(sizes: array) -> bytes:
+    data = np.asarray(sizes, dtype="<i4").tobytes()
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def _unpack_sizes(raw: bytes, count: int, path: str) -> np.ndarray:
+    data, crc = raw[:-4], raw[-4:]
+    if len(raw) != 4 * count + 4 or struct.unpack("<I", crc)[0] != zlib.crc32(data):
+        raise LmdbFormatError(f"{path}: the __sizes__ record is damaged; convert the file again")
+    return np.frombuffer(data, dtype="<i4").astype(np.int64)
 
 
 def _remove_stale_partials(path: str) -> None:
@@ -303,12 +339,15 @@ class _ReaderCache:
             key = self._real[path] = os.path.realpath(path)
         return key
 
-    def get(self, path: str) -> lmdb.Environment:
+    def _after_fork(self) -> None:
         if self._pid != os.getpid():
             for env in self._envs.values():
                 env.close()
             self._envs.clear()
             self._pid = os.getpid()
+
+    def get(self, path: str) -> lmdb.Environment:
+        self._after_fork()
         key = self._key(path)
         env = self._envs.get(key)
         if env is None:
@@ -317,8 +356,7 @@ class _ReaderCache:
 
     def drop(self, path: str) -> None:
         """Close the environment of ``path`` (next :meth:`get` reopens it)."""
-        if self._pid != os.getpid():
-            self.get(path)  # discards inherited environments
+        self._after_fork()  # discards inherited environments
         env = self._envs.pop(self._key(path), None)
         self._real.pop(path, None)
         if env is not None:
@@ -362,6 +400,7 @@ class LmdbDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._header: dict[str, Any] | None = None
+        self._sizes: np.ndarray | None = None
 
     def _environment(self) -> lmdb.Environment:
         env = _READERS.get(self.path)
@@ -411,6 +450,28 @@ class LmdbDataset(torch.utils.data.Dataset):
     def __iter__(self) -> Iterator[Structure]:
         for i in range(len(self)):
             yield self[i]
+
+    def iter_raw(self) -> Iterator[bytes]:
+        """The encoded records in index order, undecoded (for copying between files)."""
+        env = self._environment()
+        with env.begin() as txn:
+            for i in range(len(self)):
+                raw = txn.get(index_key(i))
+                if raw is None:
+                    raise LmdbFormatError(f"{self.path}: record {i} is missing; the file is damaged")
+                yield raw
+
+    def sizes(self) -> np.ndarray:
+        """Atoms per structure, (count,) int64, in index order (from ``__sizes__``; files
+        without it are read once)."""
+        if self._sizes is None:
+            with self._environment().begin() as txn:
+                raw = txn.get(SIZES_KEY)
+            if raw is None:
+                self._sizes = np.array([self[i].num_atoms for i in range(len(self))], dtype=np.int64)
+            else:
+                self._sizes = _unpack_sizes(raw, len(self), self.path)
+        return self._sizes
 
     def metadata(self, name: str) -> dict[str, Any] | None:
         """The JSON blob stored under ``name``, or None."""

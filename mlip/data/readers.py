@@ -37,11 +37,12 @@ class FrameReadError(InvalidStructureError):
         problem: what went wrong.
     """
 
-    def __init__(self, source: str, frame: int, problem: str) -> None:
+    def __init__(self, source: str, frame: int, problem: str, can_continue: bool = False) -> None:
         super().__init__(f"{source}, frame {frame}: {problem}")
         self.source = source
         self.frame = frame
         self.problem = problem
+        self.can_continue = can_continue  # frames after it can still be read (random access)
 
 
 def iter_structures(
@@ -83,8 +84,12 @@ def iter_structures(
         yield structure
 
 
-def iter_atoms(path: str | Path) -> Iterator[tuple[int, Any]]:
+def iter_atoms(path: str | Path, start: int = 0) -> Iterator[tuple[int, Any]]:
     """Yield ``(frame index, ase.Atoms)`` for every frame of ``path``, streaming.
+
+    ASE-LMDB files (``.aselmdb``) are read natively (:mod:`mlip.data.aselmdb`), everything
+    else through ``ase.io.iread``. ``start`` skips the frames before it (random access for
+    ASE-LMDB; others read and drop them).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -98,8 +103,13 @@ def iter_atoms(path: str | Path) -> Iterator[tuple[int, Any]]:
     source = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{source}: no such file")
-    frames = ase.io.iread(source, index=":")
-    frame = 0
+    from mlip.data.aselmdb import is_aselmdb, iter_aselmdb
+
+    if is_aselmdb(source):
+        yield from iter_aselmdb(source, start=start)
+        return
+    frames = ase.io.iread(source, index=f"{int(start)}:" if start else ":")
+    frame = int(start)
     while True:
         try:
             atoms = next(frames)

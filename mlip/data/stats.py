@@ -52,6 +52,17 @@ class RunningMoments:
         self.min = min(self.min, x)
         self.max = max(self.max, x)
 
+    def merge(self, other: RunningMoments) -> None:
+        """Fold in the moments of other values (Chan et al.'s pairwise update)."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self._m2 += other._m2 + delta * delta * self.n * other.n / n
+        self.mean += delta * other.n / n
+        self.n = n
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+
     def to_dict(self) -> dict[str, float] | None:
         """``{mean, std, min, max}`` or None when nothing was added."""
         if self.n == 0:
@@ -74,6 +85,11 @@ class _SquareSum:
         self.count += values.size
         self.sum_sq += float(np.dot(values.ravel(), values.ravel()))
         self.max_abs = max(self.max_abs, float(np.abs(values).max()))
+
+    def merge(self, other: _SquareSum) -> None:
+        self.count += other.count
+        self.sum_sq += other.sum_sq
+        self.max_abs = max(self.max_abs, other.max_abs)
 
     @property
     def rms(self) -> float | None:
@@ -116,6 +132,22 @@ class DatasetSummary:
         if s.stress is not None:
             self._labels["stress"] += 1
             self._stress.add(s.stress)
+
+    def merge(self, other: DatasetSummary) -> DatasetSummary:
+        """Fold in the summary of other structures (a shard, a worker's part); returns self."""
+        self.count += other.count
+        for z, c in other.atoms_per_element.items():
+            self.atoms_per_element[z] = self.atoms_per_element.get(z, 0) + c
+        for source in other.sources:
+            self.sources.setdefault(source, None)
+        self._atoms.merge(other._atoms)
+        for name, c in other._labels.items():
+            self._labels[name] += c
+        self._energy.merge(other._energy)
+        self._energy_per_atom.merge(other._energy_per_atom)
+        self._forces.merge(other._forces)
+        self._stress.merge(other._stress)
+        return self
 
     @property
     def elements(self) -> list[int]:
@@ -436,9 +468,7 @@ class StatisticsAccumulator:
         self._atoms += other._atoms
         self._edges += other._edges
         self._rows.merge(other._rows)
-        self._forces.count += other._forces.count
-        self._forces.sum_sq += other._forces.sum_sq
-        self._forces.max_abs = max(self._forces.max_abs, other._forces.max_abs)
+        self._forces.merge(other._forces)
         for key, d in other._closest.items():
             self._closest[key] = min(d, self._closest.get(key, d))
         return self

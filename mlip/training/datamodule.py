@@ -22,29 +22,18 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from mlip.cache import cache_dir
 from mlip.data.convert import convert
 from mlip.data.lmdb import LmdbDataset, split_indices, write_metadata
-from mlip.data.stats import DatasetStatistics, compute_statistics, e0s_from_file
+from mlip.data.shards import ShardedDataset, dataset_stat_path, is_sharded, open_dataset
+from mlip.data.stats import (
+    DatasetStatistics,
+    StatisticsAccumulator,
+    compute_statistics,
+    e0s_from_file,
+)
 from mlip.graph.build import GraphDataset, collate
 from mlip.graph.stats import closest_pairs, count_edges
+from mlip.training.batching import StructureBatchSampler
 
 CACHE_DIR_NAME = ".mlip_cache"
-
-
-class EpochSeededSampler(torch.utils.data.Sampler[int]):
-    """Random order that depends only on (seed, epoch), so a resumed run sees the same
-    batches as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
@@ -59,11 +48,12 @@ def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
 
 
 def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = None) -> Path:
-    """Return an LMDB for ``path``: itself if it is one, else its (possibly new) cache."""
+    """Return an mlip dataset for ``path``: itself if it is one (an LMDB file or a shard
+    folder), else its (possibly new) cache (a structure file, or a folder of .aselmdb files)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
-    if path.suffix == ".lmdb":
+    if path.suffix == ".lmdb" or is_sharded(path):
         return path
     key_mapping = key_mapping or {}
     out = cache_path_for(path, key_mapping)
@@ -96,16 +86,16 @@ def is_conversion_cache(path: str | Path) -> bool:
     return path.parent.name == CACHE_DIR_NAME or cache_dir("data").resolve() in path.parents
 
 
-def _statistics_file(dataset: LmdbDataset, name: str) -> Path:
+def _statistics_file(dataset: LmdbDataset | ShardedDataset, name: str) -> Path:
     """Where statistics of a user's LMDB are cached: the user cache folder, keyed by the
     file's real path, size and modification time."""
-    path = Path(dataset.path).resolve()
+    path = dataset_stat_path(dataset.path).resolve()
     st = path.stat()
     tag = json.dumps([str(path), st.st_size, st.st_mtime_ns, name])
     return cache_dir("statistics") / f"{hashlib.sha1(tag.encode()).hexdigest()[:16]}.json"
 
 
-def _load_statistics(dataset: LmdbDataset, name: str) -> dict[str, Any] | None:
+def _load_statistics(dataset: LmdbDataset | ShardedDataset, name: str) -> dict[str, Any] | None:
     if is_conversion_cache(dataset.path):
         return dataset.metadata(name)
     found = _statistics_file(dataset, name)
@@ -117,7 +107,7 @@ def _load_statistics(dataset: LmdbDataset, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _store_statistics(dataset: LmdbDataset, name: str, blob: dict[str, Any]) -> None:
+def _store_statistics(dataset: LmdbDataset | ShardedDataset, name: str, blob: dict[str, Any]) -> None:
     """Cache training-split statistics: inside mlip's own conversion caches, else in the
     user cache folder; never inside a dataset the user gave."""
     try:
@@ -133,11 +123,31 @@ def _store_statistics(dataset: LmdbDataset, name: str, blob: dict[str, Any]) -> 
         pass  # read-only locations: statistics are recomputed next time
 
 
-def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset]:
+def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset | ShardedDataset]:
     mapping = {k: data_cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
     if data_cfg.get("allow_missing_labels"):
         mapping["allow_missing_labels"] = True  # (absent otherwise: cache names stay)
-    return [LmdbDataset(ensure_lmdb(p, mapping)) for p in paths]
+    return [open_dataset(ensure_lmdb(p, mapping)) for p in paths]
+
+
+def _merge_shard_statistics(train_sets, train_idx: np.ndarray, e0s, cutoff: float):
+    """Training statistics from the per-shard sums in the manifests, without reading a
+    record, when the training split is every structure of sharded data sets converted with
+    the same cutoff and E0 settings (neighbors and closest pairs counted); else None."""
+    total = sum(len(ds) for ds in train_sets)
+    if len(train_idx) != total or not all(isinstance(ds, ShardedDataset) for ds in train_sets):
+        return None
+    merged = None
+    for ds in train_sets:
+        for state in ds.statistics_states() or [None]:
+            if state is None or state["cutoff"] != cutoff or not (state["counted"] and state["pairs"]):
+                return None
+            given = None if state["e0s"] is None else {int(z): e for z, e in state["e0s"].items()}
+            if given != e0s:
+                return None
+            part = StatisticsAccumulator.from_state(state)
+            merged = part if merged is None else merged.merge(part)
+    return None if merged is None else merged.finalize()
 
 
 class PotentialDataModule(L.LightningDataModule):
@@ -202,7 +212,7 @@ class PotentialDataModule(L.LightningDataModule):
         mapping = {k: self.cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
         for path in list(self.cfg["val"] or []) + list(self.cfg["test"] or []):
             if Path(path).exists():
-                extra = set(LmdbDataset(ensure_lmdb(path, mapping)).header["elements"]) - known
+                extra = set(open_dataset(ensure_lmdb(path, mapping)).header["elements"]) - known
                 if extra:
                     fail(str(path), extra)
         if val_idx is not None:
@@ -229,6 +239,9 @@ class PotentialDataModule(L.LightningDataModule):
             cached = _load_statistics(train_sets[0], name)
             if cached:
                 return DatasetStatistics.from_dict(cached)
+        stats = _merge_shard_statistics(train_sets, train_idx, e0s, cfg["cutoff"])
+        if stats is not None:
+            return stats
         stats = compute_statistics(
             (self.train_set[i] for i in range(len(self.train_set))),
             e0s=e0s,
@@ -256,21 +269,47 @@ class PotentialDataModule(L.LightningDataModule):
             "has_stress": self.has_stress,
             "closest_pairs": s.closest_pairs or {},
             "statistics": s.to_dict(),
+            "batch_normalisers": self.train_sampler(0, 1).loss_normalisers()
+            if self.cfg.get("max_atoms_per_batch") else None,
         }
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _sizes(self, subset: Subset) -> np.ndarray:
+        """Atoms per structure of a split (from the datasets' size records)."""
+        base = subset.dataset
+        parts = base.datasets if isinstance(base, ConcatDataset) else [base]
+        sizes = np.concatenate([ds.sizes() for ds in parts])
+        return sizes[np.asarray(subset.indices, dtype=np.int64)]
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer else (0, 1)
+
+    def train_sampler(self, rank: int, world_size: int) -> StructureBatchSampler:
+        """Training batches: ``data.batch_size`` structures, or ``data.max_atoms_per_batch``
+        atoms, in a (seed, epoch) order, this rank's share."""
+        assert isinstance(self.train_set, Subset)
+        budget = self.cfg.get("max_atoms_per_batch")
+        return StructureBatchSampler(
+            self._sizes(self.train_set), batch_size=self.cfg["batch_size"],
+            max_atoms=None if budget is None else int(budget), shuffle=True,
+            seed=self.config["seed"], rank=rank, world_size=world_size)
+
+    def _loader(self, dataset, sampler: StructureBatchSampler) -> DataLoader:
         workers = int(self.cfg["num_workers"])
         return DataLoader(
             GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype),
-            batch_size=batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.config["seed"]) if shuffle else None,
+            batch_sampler=sampler,
             collate_fn=collate,
             num_workers=workers,
             persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.cfg["batch_size"], shuffle=True)
+        return self._loader(self.train_set, self.train_sampler(*self._ranks()))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.cfg["val_batch_size"], shuffle=False)
+        rank, world = self._ranks()
+        sizes = np.zeros(len(self.val_set), dtype=np.int64)  # (counts only; batches by size)
+        sampler = StructureBatchSampler(sizes, batch_size=self.cfg["val_batch_size"],
+                                        shuffle=False, rank=rank, world_size=world)
+        return self._loader(self.val_set, sampler)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlip.data import keys
-from mlip.data.lmdb import LmdbDataset
+from mlip.data.shards import open_dataset
 from mlip.graph.build import GraphDataset, collate
 from mlip.model.compiled import CompiledModel
 from mlip.model.potential import Potential
@@ -38,7 +38,7 @@ def evaluate_file(
         'predictions' (numpy arrays of reference and predicted energies and forces).
     """
     param = next(model.parameters())
-    dataset = LmdbDataset(ensure_lmdb(path, key_mapping))
+    dataset = open_dataset(ensure_lmdb(path, key_mapping))
     has_stress = bool(dataset.header.get("labels", {}).get("stress", 0))
     unknown = sorted(set(dataset.header.get("elements", [])) - set(model.atomic_numbers))
     if unknown:  # one line naming element and file, not an index error deep in the model
@@ -138,7 +138,7 @@ def equivariance_errors(
     from mlip.testing.physics import symmetry_errors
 
     g = torch.Generator().manual_seed(seed)
-    dataset = LmdbDataset(ensure_lmdb(path, key_mapping))
+    dataset = open_dataset(ensure_lmdb(path, key_mapping))
     count = min(max_structures, len(dataset))
     result: dict[str, Any] = {"file": str(path), "rotations": rotations}
     for kind, reflect in (("rotation", False), ("reflection", True)):
