@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "e0s": "least_squares",  # or an isolated-atoms file
         "cutoff": 5.0,
         "batch_size": 5,
+        "max_atoms_per_batch": None,  # atom budget per training batch (replaces batch_size)
         "val_batch_size": 20,
         "num_workers": 0,
         "energy_key": None,

@@ -24,8 +24,16 @@ def weighted_loss(
     energy_weight: float,
     forces_weight: float,
     stress_weight: float,
+    normalisers: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """MSE of per-atom energy, force components and stress components, masked by labels.
+
+    Args:
+        normalisers: ``{"structures", "atoms"}`` per batch, constants of the run (atom-budget
+            batching, :meth:`~mlip.training.batching.StructureBatchSampler.loss_normalisers`):
+            sums of squared errors are divided by these instead of by the batch's own label
+            counts, so the epoch's summed loss does not depend on how structures were grouped.
+            None: the batch's means.
 
     Returns:
         dict with 'loss' and its parts 'loss_e', 'loss_f', 'loss_s' (scalars).
@@ -33,19 +41,22 @@ def weighted_loss(
     natoms = ref[keys.NUM_ATOMS].to(pred[keys.ENERGY].dtype)
     e_mask = ref[keys.ENERGY_MASK]
     de = (pred[keys.ENERGY] - ref[keys.ENERGY]) / natoms
-    loss_e = (e_mask * de.square()).sum() / e_mask.sum().clamp(min=1)
+    per_structure = e_mask.sum().clamp(min=1) if normalisers is None else normalisers["structures"]
+    loss_e = (e_mask * de.square()).sum() / per_structure
     total = energy_weight * loss_e
     parts = {"loss_e": loss_e}
     if keys.FORCES in pred:
         f_mask = ref[keys.FORCES_MASK][ref[keys.BATCH]].unsqueeze(-1)
         df = pred[keys.FORCES] - ref[keys.FORCES]
-        loss_f = (f_mask * df.square()).sum() / (3 * f_mask.sum()).clamp(min=1)
+        per_atom = (f_mask.sum()).clamp(min=1) if normalisers is None else normalisers["atoms"]
+        loss_f = (f_mask * df.square()).sum() / (3 * per_atom)
         total = total + forces_weight * loss_f
         parts["loss_f"] = loss_f
     if keys.STRESS in pred and stress_weight > 0:
         s_mask = ref[keys.STRESS_MASK][:, None, None]
         ds = pred[keys.STRESS] - ref[keys.STRESS]
-        loss_s = (s_mask * ds.square()).sum() / (9 * s_mask.sum()).clamp(min=1)
+        stressed = s_mask.sum().clamp(min=1) if normalisers is None else normalisers["structures"]
+        loss_s = (s_mask * ds.square()).sum() / (9 * stressed)
         total = total + stress_weight * loss_s
         parts["loss_s"] = loss_s
     parts["loss"] = total

@@ -158,7 +158,8 @@ class PotentialModule(L.LightningModule):
         if tc["augment_rotations"]:
             data = rotate_batch(data, self._rotations(num_graphs))
         pred = self(data, training=True)
-        losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two))
+        losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two),
+                               normalisers=self.data_info.get("batch_normalisers"))
         if self.rotation_transform is not None:
             lmax = self.model.backbone.outputs.embedding_lmax
             rotations = self._rotations(num_graphs, tc["equivariance_max_angle"], stream=1)

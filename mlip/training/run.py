@@ -55,6 +55,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Mod
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # our batch samplers split the data between ranks
     )
     return trainer, checkpoint
 
