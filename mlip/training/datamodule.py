@@ -32,6 +32,7 @@ from mlip.data.stats import (
 from mlip.graph.build import GraphDataset, collate
 from mlip.graph.stats import closest_pairs, count_edges
 from mlip.training.batching import StructureBatchSampler
+from mlip.training.ranks import local_rank
 
 CACHE_DIR_NAME = ".mlip_cache"
 
@@ -59,8 +60,7 @@ def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = No
     out = cache_path_for(path, key_mapping)
     if out.exists():
         return out
-    rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if rank != 0:  # another process of this node converts; wait for the rename
+    if local_rank() != 0:  # another process of this node converts; wait for the rename
         for _ in range(6000):
             if out.exists():
                 return out
@@ -249,7 +249,7 @@ class PotentialDataModule(L.LightningDataModule):
             neighbor_counter=count_edges,
             pair_distances=closest_pairs,
         )
-        if single and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if single and local_rank() == 0:
             _store_statistics(train_sets[0], name, stats.to_dict())
         return stats
 

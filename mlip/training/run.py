@@ -22,6 +22,7 @@ from mlip.training.checkpoint_io import AtomicCheckpointIO
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
 from mlip.training.module import PotentialModule
+from mlip.training.ranks import global_rank
 
 
 def run_dir_of(config: dict[str, Any]) -> Path:
@@ -133,7 +134,7 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
             f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
             "run_name (e.g. run_name=NAME)"
         )
-    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    rank_zero = global_rank() == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero:
         with open(run_dir / "config.yaml", "w") as fh:
