@@ -14,8 +14,20 @@ ASE VelocityVerlet with the mlip calculator, Maxwell-Boltzmann start at --temper
 (seeded, no net momentum or rotation), total energy logged every --log-every steps. Drift
 figures per atom: the largest excursion max|E(t) - E(0)| and the linear-fit drift (slope
 times the run length). A run that blows up (the calculator's too-close or non-finite
-guards) is reported with the step where it did, and the figures cover the steps before. Resident memory (VmRSS of this process) is read from /proc every
---rss-every steps after the first block (allocator warm-up). Prints a table and writes JSON.
+guards) is reported with the step where it did, and the figures cover the steps before.
+Resident memory (VmRSS of this process) is read from /proc every --rss-every steps after
+the first block (allocator warm-up). Prints a table and writes JSON.
+
+``--mace`` runs the same loop with mace-torch's MACECalculator (``--model`` is then a MACE
+model file); start it with the MACE venv's python (mace-torch pins e3nn 0.4.4), with glibc
+malloc tuned through the environment as in ../shared/BASELINES.md:
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 <mace venv>/bin/python \
+        tools/bench_conservation.py --mace --model <mace>.model --structure box.xyz --dtype float32 --ps 2
+
+Besides the total energy it reports how far the potential energy moved (mean of the last
+tenth of the run minus the start, meV/atom: a model that releases energy heats in NVE) and
+the closest pair at the end.
 """
 
 from __future__ import annotations
@@ -33,9 +45,9 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from mlip.calculator import AtomsTooCloseError, MLIPCalculator, NonFiniteOutputError
-from mlip.calculator.allocator import tune_glibc_malloc
-from mlip.model.io import load_model
+
+class BlewUp(RuntimeError):
+    """Non-finite energy from a calculator without guards of its own (MACE)."""
 
 
 def rss_mb() -> float:
@@ -46,13 +58,27 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+def calculator(args: argparse.Namespace):
+    """The calculator under test and the exceptions that mean "the run blew up"."""
+    if args.mace:
+        from mace.calculators import MACECalculator
+        return MACECalculator(model_paths=args.model, device=args.device,
+                              default_dtype=args.dtype), (BlewUp,)
+    from mlip.calculator import AtomsTooCloseError, MLIPCalculator, NonFiniteOutputError
+    from mlip.calculator.allocator import tune_glibc_malloc
+    from mlip.model.io import load_model
+
     if not args.no_malloc_tuning:
         tune_glibc_malloc()  # as `mlip md` does for its own process
     model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    calc = MLIPCalculator(model, device=args.device, dtype=args.dtype)
+    return calc, (AtomsTooCloseError, NonFiniteOutputError, BlewUp)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
     atoms = ase.io.read(args.structure, args.frame)
-    atoms.calc = MLIPCalculator(model, device=args.device, dtype=args.dtype)
+    atoms.calc, blew_up = calculator(args)
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature,
                                  rng=np.random.default_rng(args.seed))
     Stationary(atoms)
@@ -61,12 +87,15 @@ def run(args: argparse.Namespace) -> dict:
     steps = args.steps if args.steps else int(round(args.ps * 1000 / args.timestep))
     dyn = VelocityVerlet(atoms, args.timestep * units.fs)
     n = len(atoms)
-    times, etot, temps, rss = [], [], [], []
+    times, etot, epots, temps, rss = [], [], [], [], []
 
     def record() -> None:
         epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+        if not np.isfinite(epot):
+            raise BlewUp(f"non-finite energy {epot} at step {dyn.nsteps}")
         times.append(dyn.nsteps * args.timestep / 1000.0)
         etot.append(epot + ekin)
+        epots.append(epot)
         temps.append(ekin / (1.5 * units.kB * n))
 
     record()
@@ -78,13 +107,13 @@ def run(args: argparse.Namespace) -> dict:
             block = min(args.log_every, steps - done)
             try:
                 dyn.run(block)
-            except (AtomsTooCloseError, NonFiniteOutputError) as err:  # the run blew up
+                record()
+            except blew_up as err:  # the run blew up
                 failure = {"step": dyn.nsteps, "ps": dyn.nsteps * args.timestep / 1000.0,
                            "error": " ".join(str(err).split())}
                 break
             done += block
             bar.update(block)
-            record()
             if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
                 failure = {"step": dyn.nsteps, "ps": dyn.nsteps * args.timestep / 1000.0,
                            "error": f"stopped: --max-minutes {args.max_minutes:g} reached"}
@@ -102,6 +131,8 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": seconds, "steps_per_second": steps / seconds,
         "max_excursion_meV_per_atom": 1000 * float(np.abs(e - e[0]).max()) / n,
         "fit_drift_meV_per_atom": 1000 * float(slope * t[-1]) / n,
+        "epot_change_meV_per_atom": 1000 * float(
+            np.mean(epots[-max(1, len(epots) // 10):]) - epots[0]) / n,
         "temperature_K": {"mean": float(np.mean(temps)), "min": float(np.min(temps)),
                           "max": float(np.max(temps))},
         "rss_mb": rss,
@@ -116,6 +147,8 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
+    p.add_argument("--mace", action="store_true",
+                   help="--model is a mace-torch model (run with the MACE venv's python)")
     p.add_argument("--structure", required=True)
     p.add_argument("--frame", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -141,7 +174,9 @@ def main() -> None:
     print(f"total energy: max excursion {out['max_excursion_meV_per_atom']:.4f} meV/atom, "
           f"linear-fit drift {out['fit_drift_meV_per_atom']:+.4f} meV/atom over the run; "
           f"T {out['temperature_K']['min']:.0f}-{out['temperature_K']['max']:.0f} K "
-          f"(mean {out['temperature_K']['mean']:.0f})")
+          f"(mean {out['temperature_K']['mean']:.0f}); potential energy moved "
+          f"{out['epot_change_meV_per_atom']:+.2f} meV/atom (last tenth vs start); closest pair "
+          f"at the end {out['min_distance_end_A'] or float('nan'):.3f} Å")
     if out["failure"]:
         print(f"STOPPED at step {out['failure']['step']} ({out['failure']['ps']:.3f} ps): "
               f"{out['failure']['error']}; figures above cover the steps before it")
