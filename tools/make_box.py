@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     x = packer.all_coords() % edge
     box = Atoms(np.tile(molecule.numbers, args.count), positions=x,
                 cell=[edge, edge, edge], pbc=True)
-    box.info["molecule_index"] = "copies in order, atoms " + f"{len(molecule)} per molecule"
+    box.info["atoms_per_molecule"] = len(molecule)  # copies in order
     _, closest = packer.contacts(packer.all_coords())
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")

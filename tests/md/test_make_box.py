@@ -34,7 +34,7 @@ def test_packed_box_has_no_contact_and_keeps_the_molecules_rigid(tmp_path):
     box = ase.io.read(out)
     mol = ase.io.read(ACAC, 0)
     n = len(mol)
-    assert len(box) == 12 * n and box.pbc.all()
+    assert len(box) == 12 * n and box.pbc.all() and box.info["atoms_per_molecule"] == n
     mass = 12 * mol.get_masses().sum() / 6.02214076e23
     assert mass / (box.get_volume() * 1e-24) == pytest.approx(0.8, rel=1e-6)
     i, j = np.triu_indices(len(box), 1)
