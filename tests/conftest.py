@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import ase.io
@@ -187,3 +188,17 @@ def md_quality_model(bundled_acac):
         opt.step()
         sched.step()
     return model.double().eval(), frames
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """A loader for the scripts under tools/ (not a package): ``load_tool("make_box")``."""
+    tools = Path(__file__).resolve().parents[1] / "tools"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

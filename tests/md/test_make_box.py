@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import ase.io
@@ -10,15 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "make_box.py"
 ACAC = ROOT / "data" / "acac" / "train_300K.xyz"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("make_box", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def min_image_distances(atoms, i, j):
@@ -27,10 +18,10 @@ def min_image_distances(atoms, i, j):
     return np.linalg.norm(d, axis=-1)
 
 
-def test_packed_box_has_no_contact_and_keeps_the_molecules_rigid(tmp_path):
+def test_packed_box_has_no_contact_and_keeps_the_molecules_rigid(tmp_path, load_tool):
     out = tmp_path / "box.xyz"
-    load_tool().main(["--molecule", str(ACAC), "--frame", "0", "--count", "12",
-                      "--density", "0.8", "--min-distance", "2.0", "--out", str(out)])
+    load_tool("make_box").main(["--molecule", str(ACAC), "--frame", "0", "--count", "12",
+                                "--density", "0.8", "--min-distance", "2.0", "--out", str(out)])
     box = ase.io.read(out)
     mol = ase.io.read(ACAC, 0)
     n = len(mol)
@@ -50,13 +41,13 @@ def test_packed_box_has_no_contact_and_keeps_the_molecules_rigid(tmp_path):
     assert not (tmp_path / "box.xyz.tmp").exists()
 
 
-def test_impossible_density_is_a_one_line_error(tmp_path):
+def test_impossible_density_is_a_one_line_error(tmp_path, load_tool):
     out = tmp_path / "box.xyz"
     for density, scale in (("3.0", "1.5"), ("2.0", "3.0")):  # insertion / compression fails
         with pytest.raises(SystemExit, match="no contact-free packing|could not insert") as err:
-            load_tool().main(["--molecule", str(ACAC), "--count", "8", "--density", density,
-                              "--start-scale", scale, "--min-distance", "2.5",
-                              "--max-moves", "2000", "--out", str(out)])
+            load_tool("make_box").main(["--molecule", str(ACAC), "--count", "8", "--density", density,
+                                        "--start-scale", scale, "--min-distance", "2.5",
+                                        "--max-moves", "2000", "--out", str(out)])
         message = str(err.value)
         assert message.startswith(f"error: {out}:") and "\n" not in message
     assert not out.exists()
