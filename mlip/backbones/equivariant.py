@@ -22,6 +22,7 @@ from mlip.ops.radial import RadialEmbedding
 from mlip.ops.scatter import scatter_sum
 from mlip.ops.sh import num_components, per_component, spherical_harmonics
 from mlip.ops.tp import TensorProduct, resolve_tensor_product
+from mlip.ops.tp.base import shared_product
 
 
 def _pad_or_truncate(x: torch.Tensor, lmax: int) -> torch.Tensor:
@@ -111,13 +112,29 @@ class InteractionLayer(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         inv_avg_neighbors: torch.Tensor,
+        mirrored: bool = False,
     ) -> torch.Tensor:
-        n, c = h.shape[0], h.shape[1]
+        """``edge_radial`` covers the first half of the edges when ``mirrored`` (edge H + k
+        is edge k reversed, same length), else every edge."""
+        n, c, w = h.shape[0], h.shape[1], self.message_tp.weight_numel
         h_up = self.linear_up(h)
-        weight = self.radial(edge_radial).view(-1, c, self.message_tp.weight_numel)
-        message = self.message_tp(h_up[sender], edge_sh.unsqueeze(1), weight)
-        a = scatter_sum(message, receiver, n) * inv_avg_neighbors
-        a = self.linear_message(a)
+        factors = self.message_tp.shared_operand_factors(edge_sh)
+        if factors is not None:
+            # Per-edge work channel-last, (E, D, C): the weights come out of the radial MLP
+            # as (E, W, C), sender features are gathered as (E, D1, C) rows.
+            weight = self.radial(edge_radial, output_shape=(c, w)).view(-1, w, c)
+            if mirrored:
+                weight = torch.cat([weight, weight])
+            x = h_up.transpose(1, 2).contiguous()[sender]
+            message = shared_product(x, weight, factors)
+            a = scatter_sum(message, receiver, n).transpose(1, 2)
+        else:
+            weight = self.radial(edge_radial).view(-1, c, w)
+            if mirrored:
+                weight = torch.cat([weight, weight])
+            message = self.message_tp(h_up[sender], edge_sh.unsqueeze(1), weight)
+            a = scatter_sum(message, receiver, n)
+        a = self.linear_message(a * inv_avg_neighbors)
         b = self.product(a, onehot)
         residual = self.skip(_pad_or_truncate(h, self.skip.lmax), onehot)
         return self.linear_out(b) + _pad_or_truncate(residual, self.lmax_out)
@@ -200,12 +217,17 @@ class EquivariantBackbone(Backbone):
         lengths = vectors.norm(dim=-1)
         onehot = torch.nn.functional.one_hot(species, self.embedding.shape[0]).to(vectors.dtype)
         edge_sh = spherical_harmonics(vectors, self.lmax_sh)
-        edge_radial = self.radial_embedding(lengths)
+        # Mirrored edges (keys.EDGE_MIRRORED): the radial network, the largest per-edge cost
+        # (an (E, 64) x (64, C W) product and its backward per layer), runs on one
+        # direction of each pair; the layers copy its output to the reverse edges.
+        mirrored = keys.EDGE_MIRRORED in data
+        radial_edges = lengths.shape[0] // 2 if mirrored else lengths.shape[0]
+        edge_radial = self.radial_embedding(lengths[:radial_edges])
         if keys.EDGE_WEIGHTS in data:  # the radial MLP is bias-free: weight 0, no message
-            edge_radial = edge_radial * data[keys.EDGE_WEIGHTS].unsqueeze(-1)
+            edge_radial = edge_radial * data[keys.EDGE_WEIGHTS][:radial_edges].unsqueeze(-1)
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
         for layer, readout in zip(self.layers, self.readouts, strict=True):
-            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors)
+            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, mirrored)
             energy = energy + readout(h[:, :, 0]).squeeze(-1)
         return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h[:, :, 0]}

@@ -38,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin [Å]")
     p.add_argument("--min-distance", type=float, default=0.5,
                    help="stop when two atoms come closer than this [Å]; 0 disables")
-    p.add_argument("--compile", nargs="?", const="aot", default="none", choices=("none", "aot", "inductor"),
-                   help="compile the force function: aot (the default of a bare --compile; "
-                        "AOTInductor, built once and cached in the user cache folder) or inductor "
-                        "(torch.compile, every run)")
+    p.add_argument("--compile", nargs="?", const="aot", default="aot", choices=("none", "aot", "inductor"),
+                   help="compile the force function: aot (default: AOTInductor, built once per "
+                        "model, about a minute on CPU, then loaded from the user cache folder in "
+                        "about a second; 1.4x / 2.7x faster on the 960-atom box / one molecule, "
+                        "docs/benchmarks.md), inductor (torch.compile, every run) or none (eager); "
+                        "a failed compile warns once and runs eager")
     p.add_argument("--out", default=None,
                    help="trajectory: .traj (ASE) or extended XYZ (any other extension)")
     p.add_argument("--log", default=None, help="text log: time, Epot, Ekin, Etot, T (P, V if periodic)")

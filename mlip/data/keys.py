@@ -22,6 +22,9 @@ CELL_SHIFTS = "cell_shifts"  # (E, 3) float | integer image shifts of the sender
 EDGE_VECTORS = "edge_vectors"  # (E, 3) float | pos[j] - pos[i] + shift @ cell [Å]
 EDGE_LENGTHS = "edge_lengths"  # (E,) float | |edge_vectors| [Å]
 EDGE_WEIGHTS = "edge_weights"  # (E,) float | weight of each edge in the learned part: 1, -> 0 inside the ZBL core [1]
+# Present (any value) when edge H + k is edge k reversed, H = E / 2 (mlip.graph.neighbors.mirror_order):
+# a model may then evaluate functions of |r_ij| on the first half only.
+EDGE_MIRRORED = "edge_mirrored"  # (B,) bool | marker, True per structure
 
 # --- per structure (graph) ----------------------------------------------------------
 CELL = "cell"  # (B, 3, 3) float | lattice vectors as rows [Å]; zeros when not periodic

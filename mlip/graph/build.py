@@ -57,6 +57,7 @@ def structure_graph(
         keys.NUM_ATOMS: torch.tensor([n], dtype=torch.long),
         keys.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.long),
         keys.CELL_SHIFTS: f(shifts),
+        keys.EDGE_MIRRORED: torch.tensor([True]),  # neighbor_list's order
     }
     if labels:
         zeros_f, zeros_s = torch.zeros(n, 3, dtype=dtype), torch.zeros(3, 3, dtype=dtype)
@@ -78,7 +79,8 @@ def collate(graphs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     """Batch per-structure graphs into the model's input dict.
 
     Node, edge and graph keys are concatenated along their first axis, EDGE_INDEX along its
-    second with each structure's atom offset added, and BATCH (N,) is added. All graphs must
+    second with each structure's atom offset added, and BATCH (N,) is added. Mirrored
+    lists (keys.EDGE_MIRRORED) stay mirrored: first halves, then second halves. All graphs must
     have the same keys; tensors may live on any (one) device.
     """
     if not graphs:
@@ -88,9 +90,17 @@ def collate(graphs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     sizes = out[keys.NUM_ATOMS]
     device = first[keys.POSITIONS].device
     offsets = torch.cumsum(sizes, 0) - sizes
-    edges = [g[keys.EDGE_INDEX] for g in graphs]
-    counts = torch.tensor([e.shape[1] for e in edges], device=device)
-    out[keys.EDGE_INDEX] = torch.cat(edges, dim=1) + offsets.repeat_interleave(counts)
+    edges = [g[keys.EDGE_INDEX] + offset for g, offset in zip(graphs, offsets.tolist(), strict=True)]
+    out[keys.EDGE_INDEX] = torch.cat(edges, dim=1)
+    if keys.EDGE_MIRRORED in first:
+        # Every structure's list is mirrored; keep the whole batch mirrored: all first
+        # halves, then all second halves in the same order.
+        halves = [e.shape[1] // 2 for e in edges]
+        shifts = [g[keys.CELL_SHIFTS] for g in graphs]
+        out[keys.EDGE_INDEX] = torch.cat([e[:, :h] for e, h in zip(edges, halves, strict=True)]
+                                         + [e[:, h:] for e, h in zip(edges, halves, strict=True)], dim=1)
+        out[keys.CELL_SHIFTS] = torch.cat([s[:h] for s, h in zip(shifts, halves, strict=True)]
+                                          + [s[h:] for s, h in zip(shifts, halves, strict=True)])
     out[keys.BATCH] = torch.arange(len(graphs), device=device).repeat_interleave(sizes)
     return out
 

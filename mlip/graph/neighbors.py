@@ -150,9 +150,45 @@ def _cell_list_pairs(
     return recv[close], img[close]
 
 
+def mirror_order(edge_index, shifts):
+    """A full (two-way) neighbour list in mirrored order: edge H + k is edge k reversed.
+
+    The first half holds one direction of every pair (sender < receiver, or for an atom's
+    own periodic images the shift whose first non-zero component is positive); the second
+    half is the same pairs read backwards (receiver -> sender, shift negated), in the same
+    order. So |r_ij| of edge H + k equals that of edge k bit for bit, and a model can
+    evaluate radial functions on the first half only (keys.EDGE_MIRRORED).
+
+    Args:
+        edge_index: (2, E) int64 (sender, receiver), numpy or torch.
+        shifts: (E, 3) integer image shifts, same kind.
+
+    Returns:
+        (edge_index, shifts) of the same kind, E unchanged for a symmetric list.
+
+    >>> ei, s = mirror_order(np.array([[1, 0], [0, 1]]), np.zeros((2, 3), dtype=np.int64))
+    >>> ei.tolist()
+    [[0, 1], [1, 0]]
+    """
+    if not isinstance(edge_index, torch.Tensor):
+        ei, s = mirror_order(torch.from_numpy(np.asarray(edge_index)), torch.from_numpy(np.asarray(shifts)))
+        return ei.numpy(), s.numpy()
+    sender, receiver = edge_index[0], edge_index[1]
+    s0, s1, s2 = shifts[:, 0], shifts[:, 1], shifts[:, 2]
+    positive = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
+    canonical = (sender < receiver) | ((sender == receiver) & positive)
+    half, half_shifts = edge_index[:, canonical], shifts[canonical]
+    return torch.cat([half, half.flip(0)], dim=1), torch.cat([half_shifts, -half_shifts])
+
+
 def neighbor_list(positions, cell, pbc, cutoff: float, backend: str = "auto"):
     """Dispatch: numpy in -> numpy out (vesin by default); tensors in -> tensors out on the
-    same device (vesin on CPU, the torch path on CUDA or when ``backend="torch"``)."""
+    same device (vesin on CPU, the torch path on CUDA or when ``backend="torch"``).
+    Either way the list is in mirrored order (:func:`mirror_order`)."""
+    return mirror_order(*_neighbor_list(positions, cell, pbc, cutoff, backend))
+
+
+def _neighbor_list(positions, cell, pbc, cutoff: float, backend: str = "auto"):
     if backend not in ("auto", "vesin", "torch"):
         raise ValueError(f"unknown neighbour-list backend {backend!r}: auto, vesin or torch")
     if isinstance(positions, torch.Tensor):

@@ -94,6 +94,9 @@ class SkinNeighborList:
             lengths = edge_vectors(positions, g[keys.EDGE_INDEX], g[keys.CELL_SHIFTS], g[keys.CELL],
                                    b).norm(dim=1)
             inside = lengths < self.cutoff
+            if keys.EDGE_MIRRORED in g:  # one decision per pair keeps the order mirrored
+                half = inside[: inside.shape[0] // 2]
+                inside = torch.cat([half, half])
         self._lengths = lengths
         data = dict(g)
         data.update({keys.POSITIONS: positions, keys.EDGE_INDEX: g[keys.EDGE_INDEX][:, inside],

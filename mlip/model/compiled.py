@@ -39,7 +39,7 @@ __all__ = ["CompileError", "CompiledForceField", "CompiledModel", "fingerprint",
 INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SHIFTS, keys.CELL,
               keys.PBC, keys.BATCH)
 # Bump when the traced function changes meaning, so old packages are not reused.
-_FORMAT = 1
+_FORMAT = 2
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2
@@ -64,13 +64,16 @@ def fingerprint(potential: torch.nn.Module) -> str:
 class _ForceFunction(torch.nn.Module):
     """The traced function: flat tensors in, flat tensors out (a frozen model copy)."""
 
-    def __init__(self, potential: torch.nn.Module, stress: bool) -> None:
+    def __init__(self, potential: torch.nn.Module, stress: bool, mirrored: bool) -> None:
         super().__init__()
         self.potential = potential
         self.stress = stress
+        self.mirrored = mirrored
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         data = dict(zip(INPUT_KEYS, tensors, strict=True))
+        if self.mirrored:  # a marker: its presence, not its value, selects the traced path
+            data[keys.EDGE_MIRRORED] = data[keys.PBC].new_ones(1)
         # One empty structure more (zero cell, no pbc, no atoms): with B = 1 the per-structure
         # sums would scatter into a one-element buffer, which torch 2.13's C++ vectoriser
         # cannot store to (an assertion in inductor's cpp codegen); with B + 1 it can.
@@ -103,11 +106,13 @@ def export_force_function(potential: torch.nn.Module, data: dict[str, torch.Tens
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    fn = _ForceFunction(_frozen_copy(potential), stress)
+    mirrored = keys.EDGE_MIRRORED in data
+    fn = _ForceFunction(_frozen_copy(potential), stress, mirrored)
     args = _example_inputs(data)
     graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     atoms = Dim("num_atoms", min=_MIN_ATOMS)
-    edges = Dim("num_edges", min=_MIN_EDGES)
+    # A mirrored list has an even number of edges (pairs), which the traced halves assume.
+    edges = 2 * Dim("num_pairs", min=_MIN_EDGES // 2) if mirrored else Dim("num_edges", min=_MIN_EDGES)
     shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None, None, {0: atoms})
     return torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
 
@@ -139,8 +144,10 @@ class CompiledForceField:
         device = example[keys.POSITIONS].device
         self.num_graphs = int(example[keys.CELL].shape[0])
         self.stress = stress
+        self.mirrored = keys.EDGE_MIRRORED in example
         key = hashlib.sha256("|".join(map(str, (
-            fingerprint(potential), torch.__version__, device, dtype, self.num_graphs, stress, _FORMAT,
+            fingerprint(potential), torch.__version__, device, dtype, self.num_graphs, stress,
+            self.mirrored, _FORMAT,
         ))).encode()).hexdigest()[:32]
         folder = cache_dir("compiled") if cache else Path(tempfile.mkdtemp(prefix="mlip-aoti-"))
         self.path = folder / f"{key}.pt2"
@@ -175,7 +182,8 @@ class CompiledForceField:
         """Whether the package can evaluate this batch (else use the eager model)."""
         return (data[keys.POSITIONS].shape[0] >= _MIN_ATOMS
                 and data[keys.EDGE_INDEX].shape[1] >= _MIN_EDGES
-                and data[keys.CELL].shape[0] == self.num_graphs)
+                and data[keys.CELL].shape[0] == self.num_graphs
+                and (keys.EDGE_MIRRORED in data) == self.mirrored)
 
     def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ENERGY, ATOMIC_ENERGIES, FORCES (and STRESS) of the batch, as the eager model."""
@@ -196,7 +204,8 @@ class CompiledModel:
         cache: keep packages in the user cache folder (see :class:`CompiledForceField`).
 
     Attributes:
-        packages: (num_graphs, stress) -> CompiledForceField, or None after a failure.
+        packages: (num_graphs, stress, mirrored edges) -> CompiledForceField, or None after a
+            failure.
     """
 
     def __init__(self, potential: torch.nn.Module, cache: bool = True) -> None:
@@ -205,7 +214,7 @@ class CompiledModel:
         self.packages: dict[tuple[int, bool], CompiledForceField | None] = {}
 
     def __call__(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
-        key = (int(data[keys.CELL].shape[0]), bool(stress))
+        key = (int(data[keys.CELL].shape[0]), bool(stress), keys.EDGE_MIRRORED in data)
         if key not in self.packages:
             try:
                 self.packages[key] = CompiledForceField(self.potential, data, stress, self.cache)

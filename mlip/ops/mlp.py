@@ -31,9 +31,19 @@ class MLP(nn.Module):
         )
         self.act = ScaledSiLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Args:
+            x: (..., sizes[0]).
+            output_shape: (a, b) with a * b = sizes[-1]: return the output read as (a, b)
+                and transposed, (..., b * a) with b-major order, produced directly by
+                permuting the last layer's columns (no copy of the output).
+        """
+        last = len(self.weights) - 1
         for k, w in enumerate(self.weights):
             if k:
                 x = self.act(x)
-            x = x @ w / math.sqrt(w.shape[0])
+            w = w * (1.0 / math.sqrt(w.shape[0]))  # the scale on the small weight, not the output
+            if k == last and output_shape is not None:
+                w = w.unflatten(1, output_shape).transpose(1, 2).flatten(1)
+            x = x @ w
         return x

@@ -40,12 +40,12 @@ def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, m
     for (e_ref, f_ref), (e, f) in zip(ref, got, strict=True):
         assert e == pytest.approx(e_ref, rel=1e-10, abs=1e-10)
         np.testing.assert_allclose(f, f_ref, rtol=1e-10, atol=1e-10)
-    package = first.compiled.packages[(1, False)]
+    package = first.compiled.packages[(1, False, True)]
     assert package is not None and not package.from_cache and package.compile_seconds > 0
     assert package.path.parent == tmp_path / "compiled" and package.path.exists()
     second = MLIPCalculator(model, device="cpu", compile=True)
     (again,) = moving_calls(frames[0], [second], steps=2)
-    assert second.compiled.packages[(1, False)].from_cache
+    assert second.compiled.packages[(1, False, True)].from_cache
     np.testing.assert_array_equal(again[1][1], got[1][1])
     assert model.backbone.__class__.__name__ == "EquivariantBackbone"  # caller's model untouched
 
@@ -64,7 +64,7 @@ def test_aot_float32_and_stress(copper_model, tmp_path, monkeypatch):
         a.calc = MLIPCalculator(model, device="cpu", compile=mode)
         out[mode] = (a.get_potential_energy(), a.get_forces(), a.get_stress())
         if mode == "aot":
-            assert a.calc.compiled.packages[(1, True)] is not None
+            assert a.calc.compiled.packages[(1, True, True)] is not None
     for ref, got in zip(out["none"], out["aot"], strict=True):
         scale = np.abs(ref).max()
         assert np.abs(np.asarray(got) - ref).max() <= 1e-5 * scale
@@ -85,7 +85,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(trained_acac_model
         ref, got = moving_calls(frames[0], [eager, calc], steps=2)
     messages = [str(w.message) for w in caught if "compiling the model failed" in str(w.message)]
     assert len(messages) == 1 and "\n" not in messages[0] and "no C++ compiler here" in messages[0]
-    assert calc.compiled.packages[(1, False)] is None
+    assert calc.compiled.packages[(1, False, True)] is None
     for (e_ref, f_ref), (e, f) in zip(ref, got, strict=True):
         assert e == e_ref and np.array_equal(f, f_ref)
     assert not list(tmp_path.rglob("*.pt2"))  # nothing half-written

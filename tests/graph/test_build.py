@@ -62,3 +62,35 @@ def test_collate_round_trip_and_avg_neighbors(tiny):
     assert set(data) >= {keys.POSITIONS, keys.EDGE_INDEX, keys.BATCH, keys.CELL_SHIFTS}
     expected = sum(len(ase_neighbor_list("i", a, 4.0)) for a in atoms) / sum(map(len, atoms))
     assert abs(average_num_neighbors(structures, 4.0) - expected) < 1e-12
+
+
+def test_collate_and_skin_filter_keep_edges_mirrored(tiny):
+    """A batch of several structures and every skin-filtered call stay mirrored: edge
+    H + k is edge k reversed (keys.EDGE_MIRRORED), with the same edge set as per structure."""
+    import ase.io
+
+    from mlip.data import keys
+    from mlip.data.readers import atoms_to_structure
+    from mlip.graph.build import atoms_to_batch
+    from mlip.graph.skin import SkinNeighborList
+
+    frames = ase.io.read(tiny / "cu_emt_10.xyz", ":3") + ase.io.read(tiny / "acac_20.xyz", ":2")
+
+    def check(batch):
+        ei, s = batch[keys.EDGE_INDEX], batch[keys.CELL_SHIFTS]
+        half = ei.shape[1] // 2
+        assert ei.shape[1] % 2 == 0 and keys.EDGE_MIRRORED in batch
+        assert torch.equal(ei[:, half:], ei[:, :half].flip(0)) and torch.equal(s[half:], -s[:half])
+
+    batch = atoms_to_batch(frames, 4.0, dtype=torch.float64)
+    check(batch)
+    singles = [atoms_to_batch([a], 4.0, dtype=torch.float64) for a in frames]
+    assert batch[keys.EDGE_INDEX].shape[1] == sum(b[keys.EDGE_INDEX].shape[1] for b in singles)
+    skin = SkinNeighborList(4.0, 0.5, torch.float64)
+    skin.reset([atoms_to_structure(a) for a in frames])
+    rng = torch.Generator().manual_seed(0)
+    pos = batch[keys.POSITIONS].clone()
+    for _ in range(3):
+        pos = pos + 0.05 * torch.randn(pos.shape, generator=rng, dtype=torch.float64)
+        data = skin.batch(pos)
+        check(data)

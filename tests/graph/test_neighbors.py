@@ -111,3 +111,25 @@ def test_dispatch_types():
     assert isinstance(ei_t, torch.Tensor) and as_set(ei_t, s_t) == as_set(ei, s)
     with pytest.raises(ValueError, match="backend"):
         neighbor_list(pos, np.zeros((3, 3)), [False] * 3, 2.5, backend="magic")
+
+
+def _is_mirrored(edge_index, shifts):
+    edge_index, shifts = np.asarray(edge_index), np.asarray(shifts)
+    half = edge_index.shape[1] // 2
+    return (edge_index.shape[1] % 2 == 0 and (edge_index[:, half:] == edge_index[::-1, :half]).all()
+            and (shifts[half:] == -shifts[:half]).all())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend", ["vesin", "torch"])
+def test_neighbor_list_is_mirrored_and_complete(case, backend):
+    """neighbor_list's order: edge H + k is edge k reversed, the set is the brute-force set
+    (so a model may evaluate radial functions on one half, keys.EDGE_MIRRORED)."""
+    _, pos, cell, pbc, cutoff = case
+    if backend == "torch":
+        got = neighbor_list(torch.tensor(pos), torch.tensor(cell), torch.tensor(pbc), cutoff, backend="torch")
+    else:
+        got = neighbor_list(pos, cell, pbc, cutoff)
+    assert _is_mirrored(*got)
+    assert as_set(*got) == brute_force(pos, cell, pbc, cutoff)
+    assert len(got[1]) == len(as_set(*got))

@@ -134,7 +134,7 @@ def test_barostats_relax_the_pressure(ensemble, tmp_path):
 
 def test_cli_md_writes_trajectory_and_log(model_file, bundled_acac, tmp_path, capsys):
     out, log = tmp_path / "traj.xyz", tmp_path / "md.log"
-    assert main(["md", str(model_file), str(bundled_acac / "train_300K.xyz"), "--ensemble",
+    assert main(["md", "--compile", "none", str(model_file), str(bundled_acac / "train_300K.xyz"), "--ensemble",
                  "langevin", "--steps", "20", "--log-every", "5", "--out", str(out),
                  "--log", str(log), "--device", "cpu"]) == 0
     assert "steps/s" in capsys.readouterr().out
@@ -144,7 +144,7 @@ def test_cli_md_writes_trajectory_and_log(model_file, bundled_acac, tmp_path, ca
 
 def test_cli_md_stops_cleanly_on_blow_up(model_file, bundled_acac, tmp_path, capsys):
     out = tmp_path / "traj.xyz"
-    code = main(["md", str(model_file), str(bundled_acac / "train_300K.xyz"), "--steps", "500",
+    code = main(["md", "--compile", "none", str(model_file), str(bundled_acac / "train_300K.xyz"), "--steps", "500",
                  "--timestep", "40", "--temperature", "3000", "--log-every", "1",
                  "--out", str(out), "--device", "cpu"])
     err = capsys.readouterr().err
@@ -219,7 +219,7 @@ def test_replica_skin_reuse_equals_rebuilding(stable_acac_model):
 
 def test_cli_replicas_write_per_replica_files(model_file, bundled_acac, tmp_path, capsys):
     out, log = tmp_path / "rep.traj", tmp_path / "rep.log"
-    assert main(["md", str(model_file), str(bundled_acac / "train_300K.xyz"), "--replicas", "3",
+    assert main(["md", "--compile", "none", str(model_file), str(bundled_acac / "train_300K.xyz"), "--replicas", "3",
                  "--ensemble", "langevin", "--steps", "10", "--log-every", "5", "--out", str(out),
                  "--log", str(log), "--device", "cpu", "--quiet"]) == 0
     assert "x 3 replicas" in capsys.readouterr().out
@@ -233,10 +233,10 @@ def test_cli_replicas_write_per_replica_files(model_file, bundled_acac, tmp_path
 
 def test_cli_rejects_bad_arguments(model_file, bundled_acac, tmp_path, capsys):
     acac = str(bundled_acac / "train_300K.xyz")
-    assert main(["md", str(model_file), acac, "--timestep", "0"]) == 1
-    assert main(["md", str(model_file), acac, "--replicas", "2", "--ensemble", "bussi",
+    assert main(["md", "--compile", "none", str(model_file), acac, "--timestep", "0"]) == 1
+    assert main(["md", "--compile", "none", str(model_file), acac, "--replicas", "2", "--ensemble", "bussi",
                  "--device", "cpu"]) == 1
-    assert main(["md", str(tmp_path / "missing.pt"), acac]) == 1
+    assert main(["md", "--compile", "none", str(tmp_path / "missing.pt"), acac]) == 1
     err = capsys.readouterr().err
     assert "--timestep must be positive" in err and "supports the ensembles" in err
     assert "does not exist" in err

@@ -9,6 +9,7 @@ from e3nn import o3
 
 from mlip.ops.sh import irreps_of, num_components, spherical_harmonics, wigner_d
 from mlip.ops.tp import resolve_tensor_product
+from mlip.ops.tp.base import shared_product
 from mlip.ops.tp.cg import CGTensorProduct, cg_paths
 
 IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct",
@@ -109,3 +110,28 @@ def test_every_short_name_resolves():
 
     for short, path in ALIASES.items():
         assert resolve_tensor_product(short) is resolve_tensor_product(path)
+
+
+SHARED_FORMS = [(impl, {}) for impl in IMPLEMENTATIONS] + [
+    ("mlip.ops.tp.cp.CPTensorProduct", {"share_weights": True}),
+    ("mlip.ops.tp.cp.CPTensorProduct", {"share_weights": False}),
+]
+
+
+@pytest.mark.parametrize(("impl", "kwargs"), SHARED_FORMS)
+@pytest.mark.parametrize("degrees", [(0, 2, 2), (1, 2, 2), (2, 3, 3)])
+def test_shared_operand_factors_match_the_general_product(impl, kwargs, degrees):
+    """The channel-last shared-operand form (what message passing runs on every edge)
+    equals the same product evaluated with the operand copied to every channel, which takes
+    each implementation's general path (grid, Fourier, CG paths, CP factors), float64."""
+    tp = resolve_tensor_product(impl)(*degrees, **kwargs)
+    tp.prepare()
+    x1, x2, w = _inputs(degrees[0], degrees[1], 5, True, torch.float64, 3, tp.weight_numel)
+    factors = tp.shared_operand_factors(x2[:, 0])
+    assert factors is not None
+    got = shared_product(x1.transpose(1, 2), w.transpose(1, 2), factors).transpose(1, 2)
+    expected = tp(x1, x2.expand(-1, 5, -1).contiguous(), w)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=1e-10)
+    assert torch.allclose(tp(x1, x2, w), expected, atol=1e-12, rtol=1e-10)
+    unweighted = shared_product(x1.transpose(1, 2), None, factors).transpose(1, 2)
+    assert torch.allclose(unweighted, tp(x1, x2.expand(-1, 5, -1).contiguous()), atol=1e-12, rtol=1e-10)

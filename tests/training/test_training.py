@@ -186,7 +186,7 @@ def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, caps
         exported = torch.load(run / "model.pt", weights_only=True)
         assert "rotation_transform" not in repr(exported.keys() if isinstance(exported, dict) else exported)
     capsys.readouterr()
-    assert main(["md", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
+    assert main(["md", "--compile", "none", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
                  "--ensemble", "langevin", "--steps", "20", "--timestep", "0.25",
                  "--device", "cpu", "--quiet", "--log", str(tiny_data / "md.log")]) == 0
     assert "20 langevin steps of 15 atoms" in capsys.readouterr().out

@@ -23,6 +23,8 @@ Constants, the same way for every implementation:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -44,6 +46,11 @@ class TensorProduct(nn.Module):
     - ``x2``: (..., C or 1, (lmax_in2+1)^2)
     - ``weight``: (..., C, weight_numel) or None (all weights one)
     - returns (..., C, (lmax_out+1)^2)
+
+    A product whose second operand is shared by all channels (the edge SH of a message)
+    also implements :meth:`shared_operand_factors`, which reduces it to a (K, Dout) matrix
+    per row and index vectors (:class:`SharedFactors`); :func:`shared_product` then
+    applies it to channel-last features. Message passing uses that form on every edge.
     """
 
     weight_numel: int
@@ -76,7 +83,82 @@ class TensorProduct(nn.Module):
             f"weight_numel={self.weight_numel}"
         )
 
+    def shared_operand_factors(self, x2: torch.Tensor) -> SharedFactors | None:
+        """The product with a one-channel second operand as :class:`SharedFactors`, or
+        None where the implementation has no such form (the default).
+
+        Args:
+            x2: (..., (lmax_in2+1)^2), the shared operand (no channel axis).
+        """
+        return None
+
+    def shared_forward(self, x1: torch.Tensor, x2: torch.Tensor,
+                       weight: torch.Tensor | None) -> torch.Tensor | None:
+        """``forward`` through :meth:`shared_operand_factors` when x2 has one channel and
+        the implementation has the form; else None (the caller takes its general path)."""
+        if x2.shape[-2] != 1:
+            return None
+        factors = self.shared_operand_factors(x2[..., 0, :])
+        if factors is None:
+            return None
+        w = None if weight is None else weight.transpose(-1, -2)
+        return shared_product(x1.transpose(-1, -2), w, factors).transpose(-1, -2)
+
     def forward(  # pragma: no cover - abstract
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         raise NotImplementedError
+
+
+class SharedFactors(NamedTuple):
+    """A channel-wise product with a shared second operand, reduced to one matrix per row:
+
+        out[..., o, c] = w[..., q_o, c] * sum_k u[..., k, o] * x1[..., i_k, c] * w[..., p_k, c]
+
+    with x1 (..., D1, C) and weights w (..., weight_numel, C) channel-last.
+
+    Attributes:
+        coupling: u, (..., K, Dout): the shared operand contracted with the product's
+            constants (one small matrix per row, the same for every channel).
+        x1_index: (K,) int64, i_k; None when K = D1 and i_k = k.
+        weight_index: (K,) int64, p_k: the weight that scales term k; None for none.
+        out_weight_index: (Dout,) int64, q_o: the weight that scales output component o;
+            None for none.
+    """
+
+    coupling: torch.Tensor
+    x1_index: torch.Tensor | None
+    weight_index: torch.Tensor | None
+    out_weight_index: torch.Tensor | None
+
+
+def shared_product(x1: torch.Tensor, weight: torch.Tensor | None, factors: SharedFactors) -> torch.Tensor:
+    """Apply :class:`SharedFactors` to channel-last features (pure function).
+
+    Channel-last (components before channels, channels contiguous) keeps the per-row
+    work in long contiguous runs of C values: on the 960-atom acac box (45,544 edges x
+    64 channels) the message product with its backward is 1.7x faster eager than in the
+    (..., C, D) layout, and inductor fuses it (docs/benchmarks.md, issue 12).
+
+    Args:
+        x1: (..., D1, C).
+        weight: (..., weight_numel, C), or None for all weights one.
+        factors: from :meth:`TensorProduct.shared_operand_factors`.
+
+    Returns:
+        (..., Dout, C).
+
+    >>> u = torch.eye(2).expand(3, 2, 2)
+    >>> f = SharedFactors(u, None, None, None)
+    >>> shared_product(torch.ones(3, 2, 5), None, f).shape
+    torch.Size([3, 2, 5])
+    """
+    u, x1_index, weight_index, out_index = factors
+    t = x1 if x1_index is None else torch.index_select(x1, -2, x1_index)
+    if weight is not None and weight_index is not None:
+        t = t * torch.index_select(weight, -2, weight_index)
+    ut = u.transpose(-1, -2)  # (..., Dout, K)
+    out = ut * t if t.shape[-2] == 1 else torch.matmul(ut, t)  # K = 1: an outer product
+    if weight is not None and out_index is not None:
+        out = out * torch.index_select(weight, -2, out_index)
+    return out

@@ -15,7 +15,7 @@ import torch
 from e3nn import o3
 
 from mlip.ops.sh import num_components
-from mlip.ops.tp.base import TensorProduct
+from mlip.ops.tp.base import SharedFactors, TensorProduct
 
 
 def cg_paths(lmax_in1: int, lmax_in2: int, lmax_out: int) -> list[tuple[int, int, int]]:
@@ -88,20 +88,6 @@ def cg_product(
     return (per_path * weight.unsqueeze(-1)).sum(-2)
 
 
-def cg_product_shared(
-    x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, compact: torch.Tensor,
-    index_i: torch.Tensor, index_p: torch.Tensor,
-) -> torch.Tensor:
-    """:func:`cg_product` for a shared second operand (x2 with one channel, edge SH):
-    contract x2 with the coupling pairs once per row, then one batched matmul over
-    (channel) x K (``compact``, ``index_i``, ``index_p`` from :func:`cg_compact_paths`).
-    """
-    k, d2, d3 = compact.shape
-    u = (x2[..., 0, :] @ compact.permute(1, 0, 2).reshape(d2, k * d3)).unflatten(-1, (k, d3))
-    t = torch.index_select(x1, -1, index_i) * torch.index_select(weight, -1, index_p)  # (..., C, K)
-    return torch.matmul(t, u)
-
-
 class CGTensorProduct(TensorProduct):
     """Channel-wise CG tensor product with one weight per (channel, path).
 
@@ -123,12 +109,19 @@ class CGTensorProduct(TensorProduct):
         degrees = (self.lmax_in1, self.lmax_in2, self.lmax_out)
         return {"paths": cg_path_tensor(*degrees), "compact": cg_compact_paths(*degrees)[0]}
 
+    def shared_operand_factors(self, x2: torch.Tensor) -> SharedFactors:
+        # Only the K (component of x1, path) pairs that couple: u = x2 . compact, (..., K, Dout).
+        compact = self.constant("compact", x2)
+        k, d2, d3 = compact.shape
+        u = (x2 @ compact.permute(1, 0, 2).reshape(d2, k * d3)).unflatten(-1, (k, d3))
+        return SharedFactors(u, self.index_i, self.index_p, None)
+
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
+        shared = self.shared_forward(x1, x2, weight)
+        if shared is not None:
+            return shared
         if weight is None:
             weight = x1.new_ones(self.weight_numel)
-        if x2.shape[-2] == 1:
-            weight = weight.expand(*x1.shape[:-1], self.weight_numel)
-            return cg_product_shared(x1, x2, weight, self.constant("compact", x1), self.index_i, self.index_p)
         return cg_product(x1, x2, weight, self.constant("paths", x1))

@@ -36,7 +36,7 @@ import torch
 from mlip.cache import cache_dir
 from mlip.ops.buffers import exact, register_exact, set_exact
 from mlip.ops.sh import degree_of_components, num_components, per_component
-from mlip.ops.tp.base import TensorProduct
+from mlip.ops.tp.base import SharedFactors, TensorProduct
 from mlip.ops.tp.cg import cg_path_tensor, cg_paths
 
 
@@ -176,6 +176,15 @@ class CPTensorProduct(TensorProduct):
         register_exact(self, "fit_error", torch.tensor(float("nan")), persistent=True)
         self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
         self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
+        if self.share_weights:
+            x1_index, weight_index = None, self.deg1
+            out_index = self.deg_out + (lmax_in1 + 1)
+        else:  # term k = (component i, path p), k = i P + p
+            x1_index = torch.arange(d1).repeat_interleave(self.num_paths)
+            weight_index, out_index = torch.arange(self.num_paths).repeat(d1), None
+        for name, value in (("x1_index", x1_index), ("weight_index", weight_index),
+                            ("out_weight_index", out_index)):
+            self.register_buffer(name, value, persistent=False)
         self.prepared = False  # set by prepare() and by loading a state dict
         self.register_load_state_dict_post_hook(_mark_prepared)
 
@@ -193,10 +202,26 @@ class CPTensorProduct(TensorProduct):
         return (super().extra_repr() + f", rank={self.rank}, share_weights={self.share_weights}, "
                 f"fit_error={float(exact(self, 'fit_error')):.2e}")
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_prepared(self) -> None:
         if not self.prepared:
             raise RuntimeError("CPTensorProduct factors are not set: call prepare() (build_potential "
                                "does) or load a saved model")
+
+    def shared_operand_factors(self, x2: torch.Tensor) -> SharedFactors:
+        # The sum over the rank reassociated into u = b diag(x2 c) a^T, (..., D1, Dout) shared,
+        # (..., D1 P, Dout) per path.
+        self._check_prepared()
+        a, b, c = (self.constant(name, x2) for name in ("factor_a", "factor_b", "factor_c"))
+        u = ((x2 @ c).unsqueeze(-2) * b) @ a.T
+        if not self.share_weights:
+            u = u.reshape(*u.shape[:-2], -1, u.shape[-1] // self.num_paths)
+        return SharedFactors(u, self.x1_index, self.weight_index, self.out_weight_index)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_prepared()
+        shared = self.shared_forward(x1, x2, weight)
+        if shared is not None:
+            return shared
         a, b, c = (self.constant(name, x1) for name in ("factor_a", "factor_b", "factor_c"))
         if not self.share_weights:
             per_path = (((x1 @ b) * (x2 @ c)) @ a.T).unflatten(-1, (self.num_paths, -1))
@@ -205,13 +230,7 @@ class CPTensorProduct(TensorProduct):
             return (per_path * weight.unsqueeze(-1)).sum(-2)
         if weight is not None:
             x1 = x1 * per_component(weight[..., : self.lmax_in1 + 1], self.deg1)
-        if x2.shape[-2] == 1:
-            # Shared second operand (edge SH): the same sum over the rank reassociated into a
-            # (D1, Dout) matrix per row, u = b diag(x2 c) a^T, that every channel multiplies.
-            u = ((x2 @ c) * b) @ a.T  # (..., 1, R) * (D1, R) -> (..., D1, Dout)
-            out = torch.matmul(x1, u)
-        else:
-            out = ((x1 @ b) * (x2 @ c)) @ a.T
+        out = ((x1 @ b) * (x2 @ c)) @ a.T
         if weight is not None:
             out = out * per_component(weight[..., self.lmax_in1 + 1 :], self.deg_out)
         return out

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mlip.ops.sh import degree_of_components, num_components, per_component, spherical_harmonics
-from mlip.ops.tp.base import TensorProduct
+from mlip.ops.tp.base import SharedFactors, TensorProduct
 
 
 def grid_size(lmax_in1: int, lmax_in2: int, lmax_out: int) -> tuple[int, int]:
@@ -137,6 +137,7 @@ class _GauntTensorProduct(TensorProduct):
         self.weight_numel = (lmax_in1 + 1) + (lmax_out + 1)
         self.register_buffer("deg1", degree_of_components(lmax_in1), persistent=False)
         self.register_buffer("deg_out", degree_of_components(lmax_out), persistent=False)
+        self.register_buffer("out_weight_index", self.deg_out + (lmax_in1 + 1), persistent=False)
         self.register_constants()
 
     def build_constants(self) -> dict[str, torch.Tensor]:
@@ -147,19 +148,23 @@ class _GauntTensorProduct(TensorProduct):
     def _product(self, x1: torch.Tensor, x2: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def shared_operand_factors(self, x2: torch.Tensor) -> SharedFactors | None:
+        if self.shared_operand != "coupling":
+            return None
+        u = (x2 @ self.constant("coupling", x2)).unflatten(-1, (self.deg1.shape[0], -1))  # (..., D1, Dout)
+        return SharedFactors(u, None, self.deg1, self.out_weight_index)
+
     def forward(
         self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
+        shared = self.shared_forward(x1, x2, weight)
+        if shared is not None:
+            return shared
         if weight is not None:
             w1, w_out = weight[..., : self.lmax_in1 + 1], weight[..., self.lmax_in1 + 1 :]
             x1 = x1 * per_component(w1, self.deg1)
-        if self.shared_operand == "coupling" and x2.shape[-2] == 1:
-            coupling = self.constant("coupling", x1)
-            u = (x2[..., 0, :] @ coupling).unflatten(-1, (x1.shape[-1], -1))  # (..., D1, Dout)
-            out = torch.matmul(x1, u)
-        else:
-            matrices = [self.constant(name, x1) for name in ("to1", "to2", "proj")]
-            out = self._product(x1, x2, *matrices)
+        matrices = [self.constant(name, x1) for name in ("to1", "to2", "proj")]
+        out = self._product(x1, x2, *matrices)
         if weight is not None:
             out = out * per_component(w_out, self.deg_out)
         return out
