@@ -179,6 +179,24 @@ class MLIPCalculator(Calculator):
         return self.model(data, compute_forces=True, compute_stress=stress)
 
     # -- ASE protocol -----------------------------------------------------------------------------
+    def check_state(self, atoms: ase.Atoms, tol: float = 1e-15) -> list[str]:
+        """The system changes since the last calculation, as ASE's ``compare_atoms``
+        reports them (cell, pbc and the atoms arrays of ``all_changes``, less
+        ``ignored_changes``), compared exactly with ``np.array_equal``: ASE's ``isclose``
+        check took 0.9 ms of each 5.4 ms MD step of one molecule (three calls per step).
+        A difference below ``tol`` counts as a change here (one more recomputation)."""
+        old = self.atoms
+        if old is None:
+            return list(all_changes)
+        wanted = set(all_changes) - set(self.ignored_changes)
+        changes = [name for name in ("cell", "pbc") if name in wanted
+                   and not np.array_equal(np.asarray(getattr(old, name)), np.asarray(getattr(atoms, name)))]
+        for name in sorted(wanted - {"cell", "pbc"}):
+            a, b = old.arrays.get(name), atoms.arrays.get(name)
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                changes.append(name)
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms

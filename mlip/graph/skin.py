@@ -86,7 +86,10 @@ class SkinNeighborList:
         positions = positions.to(self.device, self.dtype)
         with torch.no_grad():
             moved = (positions - self._ref).norm(dim=1)
-            worst = moved.new_zeros(num).scatter_reduce(0, b, moved, reduce="amax")
+            if num == 1:  # one structure (the ASE calculator): no per-structure reduction
+                worst = moved.max().reshape(1) if moved.numel() else moved.new_zeros(1)
+            else:
+                worst = moved.new_zeros(num).scatter_reduce(0, b, moved, reduce="amax")
             stale = (worst >= 0.5 * self.skin) if self.skin > 0 else torch.ones_like(worst, dtype=torch.bool)
             if bool(stale.any()):
                 self._rebuild(positions, stale.nonzero().flatten().tolist())
@@ -99,8 +102,9 @@ class SkinNeighborList:
                 inside = torch.cat([half, half])
         self._lengths = lengths
         data = dict(g)
-        data.update({keys.POSITIONS: positions, keys.EDGE_INDEX: g[keys.EDGE_INDEX][:, inside],
-                     keys.CELL_SHIFTS: g[keys.CELL_SHIFTS][inside]})
+        keep = inside.nonzero().squeeze(1)  # one mask-to-index for both edge tensors
+        data.update({keys.POSITIONS: positions, keys.EDGE_INDEX: g[keys.EDGE_INDEX].index_select(1, keep),
+                     keys.CELL_SHIFTS: g[keys.CELL_SHIFTS].index_select(0, keep)})
         return data
 
     def closest_pair(self, min_distance: float | None) -> tuple[int, int, float] | None:

@@ -207,3 +207,35 @@ def test_old_model_files_still_load(trained_acac_model, acac_backbone, tmp_path,
     assert b.calc.model.baseline == "coordination"
     assert a.get_potential_energy() == b.get_potential_energy()
     np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+
+
+def test_check_state_reports_what_ase_reports(trained_acac_model):
+    """The calculator's exact state check lists the same changes as ASE's compare_atoms,
+    and results are reused only for an unchanged system."""
+    from ase.calculators.calculator import compare_atoms
+
+    model, frames = trained_acac_model
+    atoms = frames[0].copy()
+    calc = MLIPCalculator(model, device="cpu")
+    atoms.calc = calc
+    assert sorted(calc.check_state(atoms)) == sorted(compare_atoms(None, atoms))
+    atoms.get_forces()
+    edits = {
+        "none": lambda a: None,
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-6),
+        "numbers": lambda a: a.numbers.__setitem__(0, 8),
+        "cell": lambda a: a.set_cell(np.eye(3) * 20.0),
+        "pbc": lambda a: a.set_pbc(True),
+        "charges": lambda a: a.set_initial_charges(np.ones(len(a))),
+        "momenta": lambda a: a.set_momenta(np.ones((len(a), 3))),
+    }
+    for name, edit in edits.items():
+        changed = atoms.copy()
+        edit(changed)
+        assert sorted(calc.check_state(changed)) == sorted(compare_atoms(calc.atoms, changed)), name
+    calls = calc.timings["calls"]
+    atoms.get_forces(), atoms.get_potential_energy()
+    assert calc.timings["calls"] == calls  # unchanged: cached
+    atoms.positions[3] += 0.01
+    atoms.get_forces()
+    assert calc.timings["calls"] == calls + 1
