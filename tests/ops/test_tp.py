@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from e3nn import o3
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from mlip.ops.sh import irreps_of, num_components, spherical_harmonics, wigner_d
 from mlip.ops.tp import resolve_tensor_product
-from mlip.ops.tp.base import shared_product
+from mlip.ops.tp.base import _UNROLL_MAX, shared_product
 from mlip.ops.tp.cg import CGTensorProduct, cg_paths
 
 IMPLEMENTATIONS = ["mlip.ops.tp.cg.CGTensorProduct", "mlip.ops.tp.gaunt.GauntGridTensorProduct",
@@ -135,3 +136,12 @@ def test_shared_operand_factors_match_the_general_product(impl, kwargs, degrees)
     assert torch.allclose(tp(x1, x2, w), expected, atol=1e-12, rtol=1e-10)
     unweighted = shared_product(x1.transpose(1, 2), None, factors).transpose(1, 2)
     assert torch.allclose(unweighted, tp(x1, x2.expand(-1, 5, -1).contiguous()), atol=1e-12, rtol=1e-10)
+    # Traced with symbolic sizes (as the compiled force path exports it), small K takes the
+    # unrolled form that inductor fuses: no batched matmul left, the same values.
+    args = (x1.transpose(1, 2), w.transpose(1, 2), factors.coupling)
+    traced = make_fx(lambda a, b, u: shared_product(a, b, factors._replace(coupling=u)),
+                     tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    assert torch.allclose(traced(*args).transpose(1, 2), got, atol=1e-12, rtol=1e-10)
+    k = factors.coupling.shape[-2]
+    matmuls = [n for n in traced.graph.nodes if n.target in (torch.ops.aten.bmm.default, torch.ops.aten.mm.default)]
+    assert (not matmuls) if k <= _UNROLL_MAX else matmuls

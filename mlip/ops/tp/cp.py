@@ -36,7 +36,7 @@ import torch
 from mlip.cache import cache_dir
 from mlip.ops.buffers import exact, register_exact, set_exact
 from mlip.ops.sh import degree_of_components, num_components, per_component
-from mlip.ops.tp.base import SharedFactors, TensorProduct
+from mlip.ops.tp.base import SharedFactors, TensorProduct, matmul_rows
 from mlip.ops.tp.cg import cg_path_tensor, cg_paths
 
 
@@ -224,13 +224,14 @@ class CPTensorProduct(TensorProduct):
             return shared
         a, b, c = (self.constant(name, x1) for name in ("factor_a", "factor_b", "factor_c"))
         if not self.share_weights:
-            per_path = (((x1 @ b) * (x2 @ c)) @ a.T).unflatten(-1, (self.num_paths, -1))
+            per_path = matmul_rows(matmul_rows(x1, b) * matmul_rows(x2, c), a.T)
+            per_path = per_path.unflatten(-1, (self.num_paths, -1))
             if weight is None:
                 return per_path.sum(-2)
             return (per_path * weight.unsqueeze(-1)).sum(-2)
         if weight is not None:
             x1 = x1 * per_component(weight[..., : self.lmax_in1 + 1], self.deg1)
-        out = ((x1 @ b) * (x2 @ c)) @ a.T
+        out = matmul_rows(matmul_rows(x1, b) * matmul_rows(x2, c), a.T)
         if weight is not None:
             out = out * per_component(weight[..., self.lmax_in1 + 1 :], self.deg_out)
         return out

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mlip.ops.sh import degree_of_components, num_components, per_component, spherical_harmonics
-from mlip.ops.tp.base import SharedFactors, TensorProduct
+from mlip.ops.tp.base import SharedFactors, TensorProduct, matmul_rows
 
 
 def grid_size(lmax_in1: int, lmax_in2: int, lmax_out: int) -> tuple[int, int]:
@@ -100,7 +100,8 @@ def gaunt_grid_product(
     Returns:
         (..., C, Dout).
     """
-    return ((x1 @ to1) * (x2 @ to2)) @ from_grid
+    return matmul_rows(matmul_rows(x1, to1) * matmul_rows(x2, to2), from_grid)
+
 
 
 @functools.lru_cache(maxsize=64)
@@ -286,15 +287,15 @@ def gaunt_fourier_product(
     """
     n2 = to1.shape[-1]
     n = math.isqrt(n2)
-    f1 = (x1.to(to1.dtype) @ to1).unflatten(-1, (n, n))
-    f2 = (x2.to(to2.dtype) @ to2).unflatten(-1, (n, n))
+    f1 = matmul_rows(x1.to(to1.dtype), to1).unflatten(-1, (n, n))
+    f2 = matmul_rows(x2.to(to2.dtype), to2).unflatten(-1, (n, n))
     # Linear 2D convolution of the coefficient arrays (n >= both supports summed, so the
     # circular convolution of the FFT has no wrap-around): ifft2 * ifft2 -> fft2.
     shape = torch.broadcast_shapes(f1.shape, f2.shape)
     if 0 in shape:  # e.g. no edges (a lone atom): MKL's FFT rejects empty batches
         return x1.new_zeros(*shape[:-2], from_fourier.shape[-1])
     conv = torch.fft.fft2(torch.fft.ifft2(f1) * torch.fft.ifft2(f2)) * n2
-    return (conv.flatten(-2) @ from_fourier).real
+    return matmul_rows(conv.flatten(-2), from_fourier).real
 
 
 class GauntFourierTensorProduct(_GauntTensorProduct):
