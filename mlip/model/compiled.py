@@ -38,9 +38,9 @@ __all__ = ["CompileError", "CompiledForceField", "CompiledModel", "fingerprint",
 
 INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SHIFTS, keys.CELL,
               keys.PBC, keys.BATCH)
-# Bump when the traced function changes meaning or its graph changes (3: the unrolled shared
-# product and row-folded matmuls of issue 12), so old packages are not reused.
-_FORMAT = 3
+# Bump when the traced function changes meaning or its graph changes (3, 4: the unrolled
+# shared product and row-folded matmuls of issue 12), so old packages are not reused.
+_FORMAT = 4
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2

@@ -112,11 +112,12 @@ class TensorProduct(nn.Module):
 
 # Traced for a graph compiler, the contraction over K <= _UNROLL_MAX terms is written as a
 # sum of K broadcast products, which inductor turns into one pointwise loop over
-# (..., Dout, C); a batched matmul of one small product per row costs about 0.4 µs per row
-# (960-atom acac box, compiled force call: 413 -> 390 ms; molecule 3.26 -> 3.07 ms,
-# docs/benchmarks.md). Eager, that sum would make K passes over memory, so eager keeps
-# the matmul. Both give the same result to rounding (tests/ops/test_tp_factors.py).
-_UNROLL_MAX = 16
+# (..., Dout, C), where a batched matmul makes one small product per row. Measured on
+# compiled force calls (docs/benchmarks.md, issue 12 session 12): K = 4 (the Gaunt
+# benchmark model's second layer) 413 -> 390 ms on the 960-atom acac box and 3.26 -> 3.07 ms
+# on one molecule; K = 15 (CG) slower, 618 -> 680 ms. Eager, the sum would make K passes
+# over memory, so eager keeps the matmul. Same result to rounding (tests/ops/test_tp.py).
+_UNROLL_MAX = 4
 
 
 def _traced(x: torch.Tensor) -> bool:
