@@ -103,7 +103,6 @@ def gaunt_grid_product(
     return matmul_rows(matmul_rows(x1, to1) * matmul_rows(x2, to2), from_grid)
 
 
-
 @functools.lru_cache(maxsize=64)
 def gaunt_coupling(lmax_in1: int, lmax_in2: int, lmax_out: int) -> torch.Tensor:
     """The normalised Gaunt coupling tensor G[j, i, k] = sum_g to1[i, g] to2[j, g] proj[g, k]
