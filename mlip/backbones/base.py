@@ -28,10 +28,16 @@ the signature accepts them: ``num_elements``, ``cutoff``, ``avg_num_neighbors``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from mlip.ops.radial_table import RadialTable
+
+EdgeWeight = Callable[[torch.Tensor, int, int], torch.Tensor]
+SwitchRadii = Callable[[int, int], tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,22 @@ class Backbone(nn.Module):
     def outputs(self) -> BackboneOutputs:
         """The declaration the Potential reads. Override when returning more."""
         return BackboneOutputs()
+
+    def tabulate_radial(self, spacing: float, edge_weight: EdgeWeight | None = None,
+                        switch: SwitchRadii | None = None) -> RadialTable | None:
+        """For inference: the per-edge radial networks as a
+        :class:`~mlip.ops.radial_table.RadialTable` of the same function, or None where the
+        backbone has no such form (the default). A backbone that returns one uses it once it
+        is assigned to its ``radial_table`` attribute (see :meth:`Potential.tabulate_radial`).
+
+        Args:
+            spacing: longest node interval [Å].
+            edge_weight: ``(r, a, b) -> (M,)`` the EDGE_WEIGHTS the Potential would pass for
+                lengths r between species a and b (float64), or None (all one).
+            switch: ``(a, b) -> (r_on, r_off)``: where edge_weight has its kinks (0 below
+                r_on), or None.
+        """
+        return None
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

@@ -11,14 +11,17 @@ The same skeleton serves the CG, Gaunt and CP backbones: only ``tensor_product``
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from mlip.backbones.base import Backbone, BackboneOutputs
+from mlip.backbones.base import Backbone, BackboneOutputs, EdgeWeight, SwitchRadii
 from mlip.data import keys
 from mlip.ops.linear import DegreeLinear, ElementDegreeLinear
 from mlip.ops.mlp import MLP
 from mlip.ops.radial import RadialEmbedding
+from mlip.ops.radial_table import RadialTable
 from mlip.ops.scatter import scatter_sum
 from mlip.ops.sh import num_components, per_component, spherical_harmonics
 from mlip.ops.tp import TensorProduct, resolve_tensor_product
@@ -93,6 +96,7 @@ class InteractionLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.lmax_in, self.lmax_sh, self.lmax_out = lmax_in, lmax_sh, lmax_out
+        self.channels = channels
         self.linear_up = DegreeLinear(lmax_in, channels, channels)
         self.message_tp = tp_cls(lmax_in, lmax_sh, lmax_sh, **tp_args)
         self.radial = MLP(
@@ -103,33 +107,51 @@ class InteractionLayer(nn.Module):
         self.linear_out = DegreeLinear(lmax_out, channels, channels)
         self.skip = ElementDegreeLinear(min(lmax_in, lmax_out), channels, channels, num_elements)
 
+    def radial_output(self, edge_radial: torch.Tensor, channel_last: bool) -> torch.Tensor:
+        """(E, C W) per-edge weights of the message product from the radial features
+        (E, num_radial): W-major (channel-last) or C-major, as ``forward`` reads them."""
+        if channel_last:
+            return self.radial(edge_radial, output_shape=(self.channels, self.message_tp.weight_numel))
+        return self.radial(edge_radial)
+
+    def channel_last(self, like: torch.Tensor) -> bool:
+        """Whether ``forward`` takes the channel-last message path (the product has the
+        shared-operand form)."""
+        sh = like.new_zeros(1, (self.lmax_sh + 1) ** 2)
+        return self.message_tp.shared_operand_factors(sh) is not None
+
     def forward(
         self,
         h: torch.Tensor,
         onehot: torch.Tensor,
         edge_sh: torch.Tensor,
-        edge_radial: torch.Tensor,
+        edge_radial: torch.Tensor | None,
         sender: torch.Tensor,
         receiver: torch.Tensor,
         inv_avg_neighbors: torch.Tensor,
         mirrored: bool = False,
+        radial_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``edge_radial`` covers the first half of the edges when ``mirrored`` (edge H + k
-        is edge k reversed, same length), else every edge."""
+        is edge k reversed, same length), else every edge. ``radial_out``: the radial
+        network's output (:meth:`radial_output`) for those edges when already computed (a
+        tabulated network); ``edge_radial`` is then not used."""
         n, c, w = h.shape[0], h.shape[1], self.message_tp.weight_numel
         h_up = self.linear_up(h)
         factors = self.message_tp.shared_operand_factors(edge_sh)
+        if radial_out is None:
+            radial_out = self.radial_output(edge_radial, channel_last=factors is not None)
         if factors is not None:
             # Per-edge work channel-last, (E, D, C): the weights come out of the radial MLP
             # as (E, W, C), sender features are gathered as (E, D1, C) rows.
-            weight = self.radial(edge_radial, output_shape=(c, w)).view(-1, w, c)
+            weight = radial_out.view(-1, w, c)
             if mirrored:
                 weight = torch.cat([weight, weight])
             x = h_up.transpose(1, 2).contiguous()[sender]
             message = shared_product(x, weight, factors)
             a = scatter_sum(message, receiver, n).transpose(1, 2)
         else:
-            weight = self.radial(edge_radial).view(-1, c, w)
+            weight = radial_out.view(-1, c, w)
             if mirrored:
                 weight = torch.cat([weight, weight])
             message = self.message_tp(h_up[sender], edge_sh.unsqueeze(1), weight)
@@ -205,6 +227,28 @@ class EquivariantBackbone(Backbone):
             )
             self.readouts.append(MLP((channels, readout_hidden, 1)) if last else MLP((channels, 1)))
             lmax_in = lmax_out
+        self.radial_table: RadialTable | None = None  # set by tabulate_radial (inference)
+
+    def tabulate_radial(self, spacing: float, edge_weight: EdgeWeight | None = None,
+                        switch: SwitchRadii | None = None) -> RadialTable:
+        """Every layer's radial network (embedding, EDGE_WEIGHTS, MLP) per species pair as
+        one :class:`RadialTable` (see :meth:`Backbone.tabulate_radial`). Assigned to
+        ``radial_table``, ``forward`` reads it and ignores EDGE_WEIGHTS; for inference (the
+        table has no trainable parameters)."""
+        ref = copy.deepcopy(self).double()
+        ref.radial_table = None
+        like = torch.zeros((), dtype=torch.float64)
+        layouts = [layer.channel_last(like) for layer in ref.layers]
+
+        def radial(r: torch.Tensor, a: int, b: int) -> torch.Tensor:
+            e = ref.radial_embedding(r)
+            if edge_weight is not None:
+                e = e * edge_weight(r, a, b).unsqueeze(-1)
+            return torch.cat([layer.radial_output(e, cl) for layer, cl in zip(ref.layers, layouts, strict=True)], -1)
+
+        param = next(self.parameters())
+        return RadialTable.build(radial, self.embedding.shape[0], self.cutoff, spacing,
+                                 switch or (lambda a, b: None), param.dtype, param.device)
 
     @property
     def outputs(self) -> BackboneOutputs:
@@ -222,12 +266,21 @@ class EquivariantBackbone(Backbone):
         # direction of each pair; the layers copy its output to the reverse edges.
         mirrored = keys.EDGE_MIRRORED in data
         radial_edges = lengths.shape[0] // 2 if mirrored else lengths.shape[0]
-        edge_radial = self.radial_embedding(lengths[:radial_edges])
-        if keys.EDGE_WEIGHTS in data:  # the radial MLP is bias-free: weight 0, no message
-            edge_radial = edge_radial * data[keys.EDGE_WEIGHTS][:radial_edges].unsqueeze(-1)
+        if self.radial_table is None:
+            edge_radial = self.radial_embedding(lengths[:radial_edges])
+            if keys.EDGE_WEIGHTS in data:  # the radial MLP is bias-free: weight 0, no message
+                edge_radial = edge_radial * data[keys.EDGE_WEIGHTS][:radial_edges].unsqueeze(-1)
+            radial_outs = [None] * len(self.layers)
+        else:  # tabulated: every layer's radial output from one lookup
+            edge_radial = None
+            table = self.radial_table(lengths[:radial_edges], species[sender[:radial_edges]],
+                                      species[receiver[:radial_edges]])
+            sizes = [layer.channels * layer.message_tp.weight_numel for layer in self.layers]
+            radial_outs = list(table.split(sizes, dim=-1))
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
-        for layer, readout in zip(self.layers, self.readouts, strict=True):
-            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, mirrored)
+        for layer, readout, radial_out in zip(self.layers, self.readouts, radial_outs, strict=True):
+            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, mirrored,
+                      radial_out)
             energy = energy + readout(h[:, :, 0]).squeeze(-1)
         return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h[:, :, 0]}

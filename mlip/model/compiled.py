@@ -5,7 +5,9 @@ The model file never holds compiled code: it stays config + tensors, loaded with
 ``weights_only=True``. This module turns a loaded :class:`~mlip.model.potential.Potential`
 into a graph that already contains the backward pass (the forces are -dE/dr by autograd,
 traced once with ``make_fx`` so the derivative becomes ordinary operations), exports it
-with a dynamic number of atoms and edges, compiles it with AOTInductor and writes the
+with a dynamic number of atoms and edges (float32 models with their radial networks
+tabulated, :meth:`~mlip.model.potential.Potential.tabulate_radial`, exact to float32's
+epsilon), compiles it with AOTInductor and writes the
 package into the user cache folder (:func:`mlip.cache.cache_dir` ``("compiled")``), keyed
 by a fingerprint of the weights and architecture, the torch version, device, dtype, the
 number of structures per call and whether stress is computed. The next load of the same
@@ -39,9 +41,10 @@ __all__ = ["CompileError", "CompiledForceField", "CompiledModel", "fingerprint",
 INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SHIFTS, keys.CELL,
               keys.PBC, keys.BATCH)
 # Bump when the traced function changes meaning or its graph or build changes (3, 4: the
-# unrolled shared product and row-folded matmuls of issue 12; 5: no index bounds checks),
-# so old packages are not reused.
-_FORMAT = 5
+# unrolled shared product and row-folded matmuls of issue 12; 5: no index bounds checks;
+# 6: tabulated radial networks), so old
+# packages are not reused.
+_FORMAT = 6
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2
@@ -92,14 +95,18 @@ class _ForceFunction(torch.nn.Module):
         return result + ((out[keys.STRESS][:-1],) if self.stress else ())
 
 
-def _frozen_copy(potential: torch.nn.Module) -> torch.nn.Module:
+def _frozen_copy(potential: torch.nn.Module, radial_table: bool) -> torch.nn.Module:
     """A private eval-mode copy whose lone-atom reference is a fixed tensor (traced as a
-    constant instead of a backbone pass per call)."""
+    constant instead of a backbone pass per call), with tabulated radial networks where
+    ``radial_table`` and the table is exact to the model dtype's epsilon (see
+    :meth:`Potential.tabulate_radial`; in practice float32 models, at 0.01-0.02 Å)."""
     model = copy.deepcopy(potential).eval()
     for p in model.parameters():
         p.grad = None  # a trained model's leftover gradients would be traced as constants
         p.requires_grad_(False)
     model.freeze_reference()
+    if radial_table:
+        model.tabulate_radial(torch.finfo(next(model.parameters()).dtype).eps)
     return model
 
 
@@ -108,14 +115,15 @@ def _example_inputs(data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 
 def export_force_function(potential: torch.nn.Module, data: dict[str, torch.Tensor],
-                          stress: bool) -> torch.export.ExportedProgram:
+                          stress: bool, radial_table: bool = True) -> torch.export.ExportedProgram:
     """Trace energy + autograd forces (+ stress) of ``potential`` on the example batch
-    ``data`` into one graph and export it with dynamic atom and edge counts."""
+    ``data`` into one graph and export it with dynamic atom and edge counts (radial
+    networks tabulated where ``radial_table`` and exact enough, see :func:`_frozen_copy`)."""
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
     mirrored = keys.EDGE_MIRRORED in data
-    fn = _ForceFunction(_frozen_copy(potential), stress, mirrored)
+    fn = _ForceFunction(_frozen_copy(potential, radial_table), stress, mirrored)
     args = _example_inputs(data)
     graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     atoms = Dim("num_atoms", min=_MIN_ATOMS)

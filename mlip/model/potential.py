@@ -48,6 +48,7 @@ from mlip.graph.edges import edge_vectors
 from mlip.model.repulsion import ZBLRepulsion
 from mlip.ops.buffers import exact, register_exact
 from mlip.ops.radial import PolynomialCutoff
+from mlip.ops.radial_table import RadialTable
 from mlip.ops.scatter import scatter_sum
 from mlip.ops.tp.base import TensorProduct
 
@@ -220,6 +221,37 @@ class Potential(nn.Module):
         self.eval()
         self._frozen_reference = self.reference_energies().detach().clone()
         self.train(training)
+
+    def tabulate_radial(self, tolerance: float, spacings: tuple[float, ...] = (0.02, 0.01, 0.005)
+                        ) -> RadialTable | None:
+        """For inference copies: let the backbone read its radial networks from a table
+        (:meth:`Backbone.tabulate_radial`, with the ZBL core's edge weights and switch radii
+        built in), at the coarsest of ``spacings`` [Å] whose measured interpolation error,
+        relative to the largest radial output, is within ``tolerance``.
+
+        Returns:
+            the table now in use, or None (nothing changed) when the backbone has no
+            tabulated form or no spacing meets the tolerance.
+        """
+        rep = self.repulsion
+        edge_weight = switch = None
+        if rep is not None:
+            def edge_weight(r: torch.Tensor, a: int, b: int) -> torch.Tensor:
+                species = torch.tensor([a, b], device=r.device)
+                edge_index = torch.tensor([[0], [1]], device=r.device).expand(2, r.shape[0])
+                return rep.learned_weights(r, species, edge_index)
+
+            def switch(a: int, b: int) -> tuple[float, float]:
+                return rep.pair_radii(a, b)
+
+        for spacing in spacings:
+            table = self.backbone.tabulate_radial(spacing, edge_weight, switch)
+            if table is None:
+                return None
+            if table.max_error <= tolerance:
+                self.backbone.radial_table = table
+                return table
+        return None
 
     def _lone_atom_pass(self, like: torch.Tensor) -> torch.Tensor:
         num = len(self.atomic_numbers)

@@ -93,6 +93,13 @@ class ZBLRepulsion(nn.Module):
         self.d_ref.copy_(d)
         self.reference_set = True
 
+    def pair_radii(self, a: int, b: int) -> tuple[float, float]:
+        """(r_on, r_off) [Å] of the pair of species indices a, b."""
+        species = torch.tensor([a, b], device=self.d_ref.device)
+        edge_index = torch.tensor([[0], [1]], device=self.d_ref.device)
+        r_on, r_off = self._radii(species, edge_index, self.d_ref)
+        return float(r_on[0]), float(r_off[0])
+
     def _radii(self, species: torch.Tensor, edge_index: torch.Tensor, like: torch.Tensor):
         if not self.reference_set:
             raise RuntimeError(
