@@ -42,7 +42,7 @@ INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SH
               keys.PBC, keys.BATCH)
 # Bump when the traced function changes meaning or its graph or build changes (3, 4: the
 # unrolled shared product and row-folded matmuls of issue 12; 5: no index bounds checks;
-# 6: tabulated radial networks), so old
+# 6: tabulated radial networks, copied operands of the degree-wise linear maps), so old
 # packages are not reused.
 _FORMAT = 6
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs

@@ -4,7 +4,7 @@ atom and degree at a time, and equivariance (a Wigner-D rotation commutes with t
 import pytest
 import torch
 
-from mlip.ops.linear import DegreeLinear, ElementDegreeLinear
+from mlip.ops.linear import DegreeLinear, ElementDegreeLinear, degree_mix
 from mlip.ops.rotations import random_rotations
 from mlip.ops.sh import wigner_d
 
@@ -59,3 +59,13 @@ def test_degree_linear_backward_matches_direct_sum():
     ref = _reference(x_ref, lambda a, l: layer.weight[l]) * layer.norm
     (gref,) = torch.autograd.grad(ref.square().sum(), x_ref)
     torch.testing.assert_close(gx, gref, rtol=1e-12, atol=1e-12)
+
+
+def test_degree_mix_first_and_second_derivatives():
+    """The hand-written backward of the batched product (forces), and the derivative of
+    that backward (force training), against finite differences."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(degree_mix, (x, w))
+    assert torch.autograd.gradgradcheck(degree_mix, (x, w))
