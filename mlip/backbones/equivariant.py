@@ -235,7 +235,7 @@ class EquivariantBackbone(Backbone):
         one :class:`RadialTable` (see :meth:`Backbone.tabulate_radial`). Assigned to
         ``radial_table``, ``forward`` reads it and ignores EDGE_WEIGHTS; for inference (the
         table has no trainable parameters)."""
-        ref = copy.deepcopy(self).double()
+        ref = copy.deepcopy(self).double().cpu()  # built in float64 on the CPU
         ref.radial_table = None
         like = torch.zeros((), dtype=torch.float64)
         layouts = [layer.channel_last(like) for layer in ref.layers]

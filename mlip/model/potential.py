@@ -38,6 +38,8 @@ forces instead (not energy-conserving).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -233,7 +235,9 @@ class Potential(nn.Module):
             the table now in use, or None (nothing changed) when the backbone has no
             tabulated form or no spacing meets the tolerance.
         """
-        rep = self.repulsion
+        # The table is built in float64 on the CPU (RadialTable.build moves it to the model's
+        # device); the repulsion's switch goes in as a CPU float64 copy.
+        rep = None if self.repulsion is None else copy.deepcopy(self.repulsion).double().cpu()
         edge_weight = switch = None
         if rep is not None:
             def edge_weight(r: torch.Tensor, a: int, b: int) -> torch.Tensor:
