@@ -118,9 +118,16 @@ def compile_figures(calc: MLIPCalculator, model, atoms: ase.Atoms) -> dict:
             else float("nan")}
 
 
+def bench_calculator(model, mode: str) -> MLIPCalculator:
+    """A CPU calculator for a mode: eager | aot | inductor, "+fixed" for the fixed-shape
+    neighbour list (the inputs of CUDA graphs: unfiltered cutoff + skin edges, padded)."""
+    compile_, _, fixed = mode.partition("+")
+    return MLIPCalculator(model, device="cpu", compile=compile_, fixed_shapes=fixed == "fixed")
+
+
 def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str) -> dict:
     """ASE VelocityVerlet through the calculator: rates and the per-step split."""
-    calc = MLIPCalculator(model, device="cpu", compile=compile_)
+    calc = bench_calculator(model, compile_)
     atoms = atoms.copy()
     atoms.calc = calc
     thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
@@ -142,7 +149,7 @@ def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str) -> 
 
 
 def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str) -> dict:
-    calc = MLIPCalculator(model, device="cpu", compile=compile_)
+    calc = bench_calculator(model, compile_)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
     run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)
@@ -223,7 +230,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--modes", default="eager,aot",
                         help="comma-separated: eager, aot (AOTInductor package, cached), inductor "
-                             "(torch.compile of the backbone)")
+                             "(torch.compile of the backbone); +fixed: the fixed-shape neighbour "
+                             "list of CUDA graphs (e.g. aot+fixed)")
     parser.add_argument("--systems", default="acac,box,cu,replicas")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--steps", type=int, default=200, help="timed steps for the molecule")

@@ -1,5 +1,7 @@
 """GPU check (issue 12 item 5): CUDA vs CPU forces, MD speed at ~1k/10k/100k atoms and with
-batched replicas, training throughput, peak GPU memory; eager and AOT-compiled.
+batched replicas, training throughput, peak GPU memory; eager and AOT-compiled, each also
+replayed from CUDA graphs (+graphs; rows say how many captures and whether one failed, and
+every non-eager row the largest force difference to a plain eager call).
 
     python tools/gpu_check.py --device cuda --out gpu_check.json      # (tools/gpu_check.sh)
     python tools/gpu_check.py --device cpu --sizes 1 --steps 2 --replicas 4 --train-steps 2  # smoke test
@@ -58,8 +60,15 @@ def acac_box(frames: list[ase.Atoms]) -> ase.Atoms:
     return box
 
 
+def calculator(model, device, mode: str) -> MLIPCalculator:
+    """mode: eager | aot | inductor, with "+graphs" for CUDA graphs (fixed-shape lists)."""
+    compile, _, graphs = mode.partition("+")
+    return MLIPCalculator(model, device=str(device), compile={"eager": "none"}.get(compile, compile),
+                          cuda_graphs=graphs == "graphs")
+
+
 def md_rate(atoms: ase.Atoms, model, device, mode: str, steps: int) -> dict:
-    calc = MLIPCalculator(model, device=str(device), compile=mode)
+    calc = calculator(model, device, mode)
     a = atoms.copy()
     a.calc = calc
     thermalize_momenta(a, 300, rng=np.random.default_rng(0))
@@ -75,17 +84,24 @@ def md_rate(atoms: ase.Atoms, model, device, mode: str, steps: int) -> dict:
     sync(device)
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"atoms": len(a), "mode": mode, "steps_per_s": steps / dt,
-            "atom_steps_per_s": steps * len(a) / dt, "warmup_s": warm, "peak_gib": peak,
-            "ms_neighbors": 1e3 * calc.timings["neighbors"] / max(calc.timings["calls"], 1),
-            "ms_model": 1e3 * calc.timings["model"] / max(calc.timings["calls"], 1)}
+    row = {"atoms": len(a), "mode": mode, "steps_per_s": steps / dt,
+           "atom_steps_per_s": steps * len(a) / dt, "warmup_s": warm, "peak_gib": peak,
+           "ms_neighbors": 1e3 * calc.timings["neighbors"] / max(calc.timings["calls"], 1),
+           "ms_model": 1e3 * calc.timings["model"] / max(calc.timings["calls"], 1)}
+    if calc.graphs is not None:
+        row.update(captures=calc.graphs.captures, graph_failed=calc.graphs.failed)
+    if mode != "eager":  # the same forces as a plain eager call at the final positions
+        ref = MLIPCalculator(model, device=str(device), dtype=torch.float32).get_forces(a)
+        row["max_force_diff_vs_eager"] = float(np.abs(calc.get_forces(a) - ref).max())
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sizes", default="1,2,5", help="box repeats n (n^3 x 960 atoms)")
-    parser.add_argument("--modes", default="eager,aot")
+    parser.add_argument("--modes", default="eager,aot,aot+graphs,eager+graphs",
+                        help="eager | aot | inductor, each optionally +graphs (CUDA graphs)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=30)
@@ -120,6 +136,8 @@ def main() -> None:
     for n in [int(x) for x in args.sizes.split(",")]:
         atoms = box.repeat((n, n, n))
         for mode in args.modes.split(","):
+            if "graphs" in mode and device.type != "cuda":
+                continue
             try:
                 row = md_rate(atoms, model, device, mode, args.steps)
             except torch.OutOfMemoryError as err:
@@ -130,13 +148,17 @@ def main() -> None:
 
     # 3. Batched replicas of one molecule.
     for mode in args.modes.split(","):
-        calc = MLIPCalculator(model, device=str(device), compile=mode)
+        if "graphs" in mode and device.type != "cuda":
+            continue
+        calc = calculator(model, device, mode)
         settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=2, progress=False)
         run_replicas(calc, frames[0], settings, args.replicas)
         settings.steps = args.steps
         out = run_replicas(calc, frames[0], settings, args.replicas)
         row = {"replicas": args.replicas, "mode": mode, "steps_per_s": out["steps_per_second"],
                "atom_steps_per_s": out["steps_per_second"] * args.replicas * len(frames[0])}
+        if calc.graphs is not None:
+            row.update(captures=calc.graphs.captures, graph_failed=calc.graphs.failed)
         report["replicas"].append(row)
         emit("replicas", row)
 

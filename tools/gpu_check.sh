@@ -14,6 +14,9 @@
 # then run this script through the device tool with carry [".whl"]:
 #   bash tools/gpu_check.sh
 # Figures go to $OUT/gpu_check.json (or ./gpu_check.json) and stdout, one line per figure.
+# MD modes: eager, aot, aot+graphs, eager+graphs (CUDA graphs on the fixed-shape neighbour
+# list; each graphs row gives its captures and, if capturing failed, why; every non-eager
+# row the largest force difference to a plain eager call at the final positions).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then

@@ -259,7 +259,10 @@ class EquivariantBackbone(Backbone):
         sender, receiver = data[keys.EDGE_INDEX][0], data[keys.EDGE_INDEX][1]
         vectors = data[keys.EDGE_VECTORS]
         lengths = vectors.norm(dim=-1)
-        onehot = torch.nn.functional.one_hot(species, self.embedding.shape[0]).to(vectors.dtype)
+        # one_hot's range check reads the species back to the host (two syncs per call on
+        # the CPU); a comparison with arange is the same one-hot without it.
+        elements = torch.arange(self.embedding.shape[0], device=species.device)
+        onehot = (species.unsqueeze(-1) == elements).to(vectors.dtype)
         edge_sh = spherical_harmonics(vectors, self.lmax_sh)
         # Mirrored edges (keys.EDGE_MIRRORED): the radial network, the largest per-edge cost
         # (an (E, 64) x (64, C W) product and its backward per layer), runs on one

@@ -4,7 +4,9 @@ The input is built by the one input path through a Verlet-skin list
 (:class:`mlip.graph.skin.SkinNeighborList`): the graph is built at ``cutoff + skin`` and
 reused while every atom moved less than ``skin / 2``; each call filters the edges to the
 cutoff on the device, so results equal a fresh build for any backbone. Per call only
-positions go in and energy/forces(/stress) come out.
+positions go in and energy/forces(/stress) come out. On CUDA, ``cuda_graphs=True`` keeps
+the list at fixed shapes instead (unfiltered and padded, the same results) and replays
+each force call from a captured CUDA graph (:mod:`mlip.model.graphed`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
 from mlip.graph.skin import SkinNeighborList
 from mlip.model.compiled import CompiledModel
+from mlip.model.graphed import GraphedForceField
 from mlip.model.io import load_model
 from mlip.model.potential import Potential, UnknownElementError
 
@@ -110,11 +113,20 @@ class MLIPCalculator(Calculator):
             model, torch, device and dtype load it in about a second; on failure a one-line
             warning and the eager model. ``"inductor"``: ``torch.compile`` of the backbone
             (dynamic shapes, recompiled in every process). False / ``"none"``: eager.
+        cuda_graphs: replay each force call from a CUDA graph (:mod:`mlip.model.graphed`;
+            CUDA devices only): the neighbour list keeps fixed shapes (``fixed_shapes``)
+            and the eager or compiled call is captured once per shape. A failed capture
+            warns once and runs without graphs.
+        fixed_shapes: the ``cutoff + skin`` list unfiltered and padded, plus a ghost
+            structure (see :class:`~mlip.graph.skin.SkinNeighborList`); the same results,
+            about (1 + skin/cutoff)^3 times the edges. Default: as ``cuda_graphs``.
 
     Attributes:
         num_builds: neighbour-list builds so far.
         compiled: with ``compile="aot"`` a :class:`~mlip.model.compiled.CompiledModel`
             (its ``packages``: compile_seconds, load_seconds, from_cache); else None.
+        graphs: with ``cuda_graphs`` a :class:`~mlip.model.graphed.GraphedForceField`
+            (captures, failed); else None.
         timings: seconds in graph work ("neighbors": rebuilds, position upload, cutoff
             mask) and in the model ("model": energy, forces, stress, download), and the
             number of "calls", summed since construction.
@@ -130,6 +142,8 @@ class MLIPCalculator(Calculator):
         skin: float = 0.5,
         min_distance: float | None = 0.5,
         compile: bool | str = False,
+        cuda_graphs: bool = False,
+        fixed_shapes: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # changes no process-wide setting (see mlip.calculator.allocator)
@@ -143,7 +157,13 @@ class MLIPCalculator(Calculator):
         self.cutoff = self.model.cutoff
         self.skin = float(skin)
         self.min_distance = min_distance
-        self.neighbors = SkinNeighborList(self.cutoff, self.skin, self.dtype, self.device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, not {self.device} "
+                             "(fixed_shapes=True gives the same inputs without graphs)")
+        self.fixed_shapes = bool(cuda_graphs) if fixed_shapes is None else bool(fixed_shapes)
+        self.graphs = GraphedForceField(self._force_call) if cuda_graphs else None
+        self.neighbors = SkinNeighborList(self.cutoff, self.skin, self.dtype, self.device,
+                                          fixed_shapes=self.fixed_shapes)
         self.timings = {"neighbors": 0.0, "model": 0.0, "calls": 0}
         self._system: tuple | None = None
 
@@ -173,7 +193,14 @@ class MLIPCalculator(Calculator):
 
     def evaluate(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
         """Energy, forces (and stress) of a batch: the compiled function where there is one
-        that accepts the batch, else the eager model."""
+        that accepts the batch, else the eager model; replayed from a CUDA graph with
+        ``cuda_graphs``. A fixed-shape batch's outputs include its ghost structure (drop it
+        with the neighbour list's ``real``)."""
+        if self.graphs is not None:
+            return self.graphs(data, stress)
+        return self._force_call(data, stress)
+
+    def _force_call(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
         if self.compiled is not None:
             return self.compiled(data, stress)
         return self.model(data, compute_forces=True, compute_stress=stress)
@@ -206,7 +233,7 @@ class MLIPCalculator(Calculator):
         start = time.perf_counter()
         data = self.batch_for(atoms)
         graph_done = time.perf_counter()
-        out = self.evaluate(data, periodic)
+        out = self.neighbors.real(self.evaluate(data, periodic))
         # One transfer per output; the finiteness checks then run on the host copies.
         energy = float(out[keys.ENERGY].detach()[0])
         forces = out[keys.FORCES].detach().cpu().double().numpy()

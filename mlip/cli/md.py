@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about a second; 1.4x / 2.7x faster on the 960-atom box / one molecule, "
                         "docs/benchmarks.md), inductor (torch.compile, every run) or none (eager); "
                         "a failed compile warns once and runs eager")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA devices: replay each force call from a CUDA graph (fixed-shape "
+                   "neighbour list, about (1 + skin/cutoff)^3 times the edges; a failed capture "
+                   "warns once and runs without)")
     p.add_argument("--out", default=None,
                    help="trajectory: .traj (ASE) or extended XYZ (any other extension)")
     p.add_argument("--log", default=None, help="text log: time, Epot, Ekin, Etot, T (P, V if periodic)")
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     atoms.calc = None
     try:
         calc = MLIPCalculator(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
-                              min_distance=args.min_distance or None, compile=args.compile)
+                              min_distance=args.min_distance or None, compile=args.compile,
+                              cuda_graphs=args.cuda_graphs)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise CliError(f"cannot load model {args.model}: {err}") from err
     settings = MDSettings(

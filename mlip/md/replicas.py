@@ -14,7 +14,14 @@ the host with numpy and copied to the device, 6n numbers per replica and step.
 
 Each replica keeps its own Verlet-skin neighbour list (cutoff + skin, rebuilt only for the
 replicas where an atom moved skin/2 or more); every step the concatenated list is filtered
-to the cutoff with one mask on the device.
+to the cutoff with one mask on the device (or, with the calculator's ``fixed_shapes`` /
+``cuda_graphs``, kept whole at fixed shapes, see :class:`~mlip.graph.skin.SkinNeighborList`).
+
+Host round trips: one per step (the neighbour list's rebuild and closest-pair check, two
+when a list is rebuilt). The blow-up checks (NaN/inf forces, energies or positions, NVE
+drift, temperature) and the progress bar's temperature read the device every
+``CHECK_EVERY`` steps, at logged steps and at the last step, in one transfer; a blow-up in
+between is reported at the next check.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from mlip.md.ase_driver import MDInstabilityError, MDSettings, check_stability, 
 from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day
 
 SUPPORTED = ("nve", "langevin")
+CHECK_EVERY = 10  # steps between blow-up checks (each one read from the device)
 
 
 class ReplicaSystem:
@@ -61,7 +69,8 @@ class ReplicaSystem:
         self.numbers = atoms.numbers.copy()
         self.periodic = bool(atoms.pbc.any())
         self.cell = atoms.cell.array.copy() if self.periodic else np.zeros((3, 3))
-        self.neighbors = SkinNeighborList(calc.cutoff, calc.skin, calc.dtype, calc.device)
+        self.neighbors = SkinNeighborList(calc.cutoff, calc.skin, calc.dtype, calc.device,
+                                          fixed_shapes=calc.fixed_shapes)
         self.neighbors.reset([atoms_to_structure(atoms)] * k)
 
     @property
@@ -71,10 +80,11 @@ class ReplicaSystem:
 
     def compute(self, pos: torch.Tensor, stress: bool = False) -> dict[str, torch.Tensor]:
         """Energies (K,) [eV], forces (K*n, 3) [eV/Å] (float64) and, with ``stress``, (K, 3, 3)
-        stress [eV/Å^3] at positions (K*n, 3) [Å].
+        stress [eV/Å^3] at positions (K*n, 3) [Å]; not checked for NaN/inf (see
+        :meth:`finite`), which would read the device every step.
 
         Raises:
-            AtomsTooCloseError / NonFiniteOutputError: as the calculator does, naming the replica.
+            AtomsTooCloseError: as the calculator does, naming the replica.
         """
         data = self.neighbors.batch(pos)
         pair = self.neighbors.closest_pair(self.calc.min_distance)
@@ -82,17 +92,16 @@ class ReplicaSystem:
             i, j, d = pair
             raise AtomsTooCloseError(f"replica {i // self.n}: " + too_close_message(
                 self.numbers, i % self.n, j % self.n, d, self.calc.min_distance))
-        out = self.calc.evaluate(data, stress and self.periodic)
+        out = self.neighbors.real(self.calc.evaluate(data, stress and self.periodic))
         result = {"energy": out[keys.ENERGY].detach().double(),
                   "forces": out[keys.FORCES].detach().double()}
         if stress and self.periodic:
             result["stress"] = out[keys.STRESS].detach().double()
-        finite = torch.isfinite(result["forces"]).view(self.k, -1).all(dim=1) & torch.isfinite(result["energy"])
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten().tolist()
-            raise NonFiniteOutputError(f"the model returned NaN/inf for replica(s) {bad[:10]}: the "
-                                       "structure left the training data (try a smaller --timestep)")
         return result
+
+    def finite(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(K,) bool: the replica's energy and forces are finite (on the device)."""
+        return torch.isfinite(out["forces"]).view(self.k, -1).all(dim=1) & torch.isfinite(out["energy"])
 
 
 def _replica_paths(path: str | None, k: int) -> list[str]:
@@ -183,19 +192,35 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
                 snap.info["replica"] = r
                 snap.calc = SinglePointCalculator(snap, energy=float(host["e"][r]), forces=host["f"][r])
                 writer.write(snap)
-        finite = bool(torch.isfinite(etot).all() & torch.isfinite(pos).all())
-        check_stability(step, settings, etot.cpu().numpy(), etot0.cpu().numpy(), n,
-                        float(temps.max()), finite)
-        return float(temps.mean())
+        if step % CHECK_EVERY and step % settings.log_every and step != settings.steps:
+            return None
+        model_ok = system.finite(out)
+        finite = (torch.isfinite(etot) & torch.isfinite(pos).view(k, -1).all(dim=1)).to(f64)
+        host = torch.stack([model_ok.to(f64), finite, etot, etot0, temps]).cpu().numpy()  # one read
+        if not host[0].all():
+            bad = np.flatnonzero(host[0] == 0).tolist()
+            raise NonFiniteOutputError(f"step {step}: the model returned NaN/inf for replica(s) "
+                                       f"{bad[:10]}: the structure left the training data (try a "
+                                       "smaller --timestep)")
+        check_stability(step, settings, host[2], host[3], n, float(host[4].max()), bool(host[1].all()))
+        return float(host[4].mean())
 
     def forces_at(step: int) -> dict[str, torch.Tensor]:
         return system.compute(pos, stress=bulk and step % settings.log_every == 0)
 
     t0 = time.perf_counter()
     step = 0
+    temperature = settings.temperature_K  # the progress bar's, as of the last check
+
+    def report(step: int, out: dict[str, torch.Tensor]) -> None:
+        nonlocal temperature
+        checked = record(step, out)
+        temperature = temperature if checked is None else checked
+        progress.update(step, temperature)
+
     try:
         out = forces_at(0)
-        progress.update(0, record(0, out))
+        report(0, out)
         for step in range(1, settings.steps + 1):
             if settings.ensemble == "nve":  # ASE VelocityVerlet.step
                 mom = mom + 0.5 * dt * out["forces"]
@@ -216,7 +241,7 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
                 out = forces_at(step)
                 v = v + (c1 * out["forces"] / masses - c2 * v + rnd_vel)
                 mom = v * masses
-            progress.update(step, record(step, out))
+            report(step, out)
     except (MDInstabilityError, FloatingPointError, AtomsTooCloseError) as err:
         kept = f"; trajectories so far kept in {', '.join(paths)}" if paths else ""
         raise MDInstabilityError(f"{err} (stopped after step {step} of {settings.steps}{kept})") from err

@@ -42,9 +42,10 @@ INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SH
               keys.PBC, keys.BATCH)
 # Bump when the traced function changes meaning or its graph or build changes (3, 4: the
 # unrolled shared product and row-folded matmuls of issue 12; 5: no index bounds checks;
-# 6: tabulated radial networks, copied operands of the degree-wise linear maps), so old
-# packages are not reused.
-_FORMAT = 6
+# 6: tabulated radial networks, copied operands of the degree-wise linear maps; 7: tables
+# exactly 0 beyond the cutoff, one-hot species without a range check), so old packages are
+# not reused.
+_FORMAT = 7
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2

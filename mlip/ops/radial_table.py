@@ -156,8 +156,9 @@ class RadialTable(nn.Module):
 
     def __init__(self, coefficients: torch.Tensor, starts: torch.Tensor, spacings: torch.Tensor,
                  boundary: torch.Tensor, intervals: torch.Tensor, pair_of: torch.Tensor,
-                 spacing: float, max_error: float) -> None:
+                 spacing: float, max_error: float, cutoff: float) -> None:
         super().__init__()
+        self.cutoff = float(cutoff)
         self.num_intervals = int(coefficients.shape[0] // starts.shape[0])
         self.register_buffer("coefficients", coefficients, persistent=False)  # (P I, 6, F)
         self.register_buffer("starts", starts, persistent=False)  # (P, 2) segment starts [Å]
@@ -223,7 +224,7 @@ class RadialTable(nn.Module):
                    torch.tensor(spacings, **f64).to(dtype),
                    torch.tensor(boundary, dtype=torch.long, device=device),
                    torch.tensor(intervals, dtype=torch.long, device=device), pair_of.to(device),
-                   spacing, max_error)
+                   spacing, max_error, cutoff)
 
     def extra_repr(self) -> str:
         return (f"pairs={self.starts.shape[0]}, intervals={self.num_intervals}, "
@@ -232,7 +233,8 @@ class RadialTable(nn.Module):
 
     def forward(self, lengths: torch.Tensor, species_a: torch.Tensor, species_b: torch.Tensor) -> torch.Tensor:
         """(E, F) tabulated values at ``lengths`` (E,) [Å] for edges between species
-        ``species_a`` and ``species_b`` (E,); differentiable in the lengths."""
+        ``species_a`` and ``species_b`` (E,); differentiable in the lengths. Exactly 0 at
+        and beyond the cutoff (the series there is zero only to round-off)."""
         pair = self.pair_of[species_a, species_b]
         starts, spacings = self.starts[pair], self.spacings[pair]  # (E, 2)
         boundary, intervals = self.boundary[pair], self.intervals[pair]
@@ -249,4 +251,5 @@ class RadialTable(nn.Module):
         # slope instead of gathering the (E, 6, F) rows again (first derivatives only: the
         # table is for inference).
         value, slope = evaluate_series(t.detach(), c), series_slope(t.detach(), c)
-        return value + (t - t.detach()) * slope
+        out = value + (t - t.detach()) * slope
+        return torch.where((r < self.cutoff).unsqueeze(-1), out, torch.zeros_like(out))

@@ -89,9 +89,10 @@ def test_unknown_element_and_close_atoms(trained_acac_model):
         atoms.get_potential_energy()
     atoms = frames[0].copy()
     atoms.positions[9] = atoms.positions[2] + [0.1, 0.0, 0.0]
-    atoms.calc = MLIPCalculator(model, device="cpu", min_distance=0.5)
-    with pytest.raises(AtomsTooCloseError, match=r"atoms (2|9) .* and (9|2)"):
-        atoms.get_potential_energy()
+    for fixed in (False, True):
+        atoms.calc = MLIPCalculator(model, device="cpu", min_distance=0.5, fixed_shapes=fixed)
+        with pytest.raises(AtomsTooCloseError, match=r"atoms (2|9) .* and (9|2)"):
+            atoms.get_potential_energy()
 
 
 def test_model_file_round_trip(trained_acac_model, acac_backbone, tmp_path):
@@ -105,21 +106,24 @@ def test_model_file_round_trip(trained_acac_model, acac_backbone, tmp_path):
 
 
 def test_skin_reuse_equals_rebuilding(trained_acac_model):
-    """200 NVE steps: a skin calculator (few rebuilds) == rebuilding every step."""
+    """200 NVE steps: a skin calculator (few rebuilds) == rebuilding every step, and so is
+    the fixed-shape list (unfiltered, padded; the inputs of CUDA graphs)."""
     model, frames = trained_acac_model
     runs = []
-    for skin in (1.0, 0.0):
+    for skin, fixed in ((1.0, False), (0.0, False), (1.0, True)):
         atoms = frames[2].copy()
         thermalize_momenta(atoms, 300, rng=np.random.default_rng(3))
-        calc = MLIPCalculator(model, device="cpu", skin=skin, min_distance=None)
+        calc = MLIPCalculator(model, device="cpu", skin=skin, min_distance=None, fixed_shapes=fixed)
         atoms.calc = calc
         dyn = VelocityVerlet(atoms, 0.5 * fs)
         dyn.run(200)
         runs.append((atoms.positions.copy(), atoms.get_forces(), calc.num_builds))
-    (pos_a, f_a, builds_a), (pos_b, f_b, builds_b) = runs
+    (pos_a, f_a, builds_a), (pos_b, f_b, builds_b), (pos_c, f_c, builds_c) = runs
     assert builds_a < builds_b / 3, (builds_a, builds_b)  # the skin really saved rebuilds
-    np.testing.assert_allclose(pos_a, pos_b, atol=1e-10)
-    np.testing.assert_allclose(f_a, f_b, atol=1e-9)
+    assert builds_c == builds_a
+    for pos, f in ((pos_a, f_a), (pos_c, f_c)):
+        np.testing.assert_allclose(pos, pos_b, atol=1e-10)
+        np.testing.assert_allclose(f, f_b, atol=1e-9)
 
 
 def test_nan_output_raises(trained_acac_model):

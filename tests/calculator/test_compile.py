@@ -55,21 +55,22 @@ def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, m
 @pytest.mark.slow
 def test_aot_float32_and_stress(copper_model, tmp_path, monkeypatch):
     """float32 energies/forces/stress to 1e-5 relative of eager float32 on a periodic
-    cell (stress is its own package)."""
+    cell (stress is its own package), also on the fixed-shape list (CUDA graphs' inputs)."""
     monkeypatch.setenv("MLIP_CACHE_DIR", str(tmp_path))
     model = copy.deepcopy(copper_model).float()
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     atoms.rattle(0.05, seed=0)
     out = {}
-    for mode in ("none", "aot"):
+    for mode, fixed in (("none", False), ("aot", False), ("aot", True)):
         a = atoms.copy()
-        a.calc = MLIPCalculator(model, device="cpu", compile=mode)
-        out[mode] = (a.get_potential_energy(), a.get_forces(), a.get_stress())
-        if mode == "aot":
-            assert a.calc.compiled.packages[(1, True, True)] is not None
-    for ref, got in zip(out["none"], out["aot"], strict=True):
-        scale = np.abs(ref).max()
-        assert np.abs(np.asarray(got) - ref).max() <= 1e-5 * scale
+        a.calc = MLIPCalculator(model, device="cpu", compile=mode, fixed_shapes=fixed)
+        out[mode, fixed] = (a.get_potential_energy(), a.get_forces(), a.get_stress())
+        if mode == "aot":  # the fixed-shape batch has a ghost structure: B = 2
+            assert a.calc.compiled.packages[(2 if fixed else 1, True, True)] is not None
+    for key in (("aot", False), ("aot", True)):
+        for ref, got in zip(out["none", False], out[key], strict=True):
+            scale = np.abs(ref).max()
+            assert np.abs(np.asarray(got) - ref).max() <= 1e-5 * scale
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(trained_acac_model, tmp_path, monkeypatch):

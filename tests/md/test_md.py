@@ -10,6 +10,7 @@ from ase.calculators.emt import EMT
 
 from mlip.calculator import MLIPCalculator
 from mlip.cli.main import main
+from mlip.data import keys
 from mlip.md.ase_driver import ENSEMBLES, MDInstabilityError, MDSettings, run_md
 from mlip.md.replicas import run_replicas
 from mlip.model.io import save_model
@@ -189,12 +190,15 @@ def test_replicas_match_separate_ase_runs(stable_acac_model, ensemble):
     assert np.abs(batched["positions"][0] - batched["positions"][1]).max() > 1e-3
 
 
-def test_periodic_replicas_match_ase_with_pressure_log(copper_model, tiny, tmp_path):
-    """Cu cell, NVE: 2 replicas == 2 ASE runs, log rows (incl. P and V) equal ASE's."""
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_periodic_replicas_match_ase_with_pressure_log(copper_model, tiny, tmp_path, fixed_shapes):
+    """Cu cell, NVE: 2 replicas == 2 ASE runs, log rows (incl. P and V) equal ASE's; also
+    with the fixed-shape list (ghost structure, stress rows dropped by ``real``)."""
     atoms = ase.io.read(tiny / "cu_emt_10.xyz", 3)
     settings = MDSettings(ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=6, log_every=3,
                           seed=3, progress=False)
-    batched = run_replicas(MLIPCalculator(copper_model, device="cpu"), atoms,
+    calc = MLIPCalculator(copper_model, device="cpu", fixed_shapes=fixed_shapes)
+    batched = run_replicas(calc, atoms,
                            MDSettings(**{**settings.__dict__, "log": str(tmp_path / "rep.log")}), k=2)
     rows = np.loadtxt(tmp_path / "rep.log")
     assert rows.shape == (6, 8)  # 3 logged steps x 2 replicas; replica, time, 4 energies/T, P, V
@@ -211,10 +215,13 @@ def test_replica_skin_reuse_equals_rebuilding(stable_acac_model):
     model, frames = stable_acac_model
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=100, seed=1,
                           progress=False)
-    runs = [run_replicas(MLIPCalculator(model, device="cpu", skin=skin), frames[3], settings, k=2)
-            for skin in (1.0, 0.0)]
+    runs = [run_replicas(MLIPCalculator(model, device="cpu", skin=skin, fixed_shapes=fixed), frames[3],
+                         settings, k=2)
+            for skin, fixed in ((1.0, False), (0.0, False), (1.0, True))]
     assert runs[0]["neighbor_builds"] < runs[1]["neighbor_builds"] / 5
-    np.testing.assert_allclose(runs[0]["positions"], runs[1]["positions"], atol=1e-10)
+    assert runs[2]["neighbor_builds"] == runs[0]["neighbor_builds"]
+    for run in (runs[0], runs[2]):
+        np.testing.assert_allclose(run["positions"], runs[1]["positions"], atol=1e-10)
 
 
 def test_cli_replicas_write_per_replica_files(model_file, bundled_acac, tmp_path, capsys):
@@ -240,3 +247,30 @@ def test_cli_rejects_bad_arguments(model_file, bundled_acac, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--timestep must be positive" in err and "supports the ensembles" in err
     assert "does not exist" in err
+
+
+def test_replica_blow_up_is_caught_at_the_next_check(stable_acac_model, monkeypatch):
+    """NaN forces in replica 1 from step 3 on: the run stops at the next check (step
+    CHECK_EVERY, one read from the device every CHECK_EVERY steps), naming the replica."""
+    from mlip.md import replicas as replicas_module
+
+    model, frames = stable_acac_model
+    calc = MLIPCalculator(model, device="cpu", min_distance=None)
+    calls = []
+    evaluate = calc.evaluate
+
+    def poisoned(data, stress):
+        out = dict(evaluate(data, stress))
+        calls.append(None)
+        if len(calls) > 3:
+            forces = out[keys.FORCES].clone()
+            forces[len(frames[4]) + 2] = float("nan")  # an atom of replica 1
+            out[keys.FORCES] = forces
+        return out
+
+    monkeypatch.setattr(calc, "evaluate", poisoned)
+    settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=50, seed=0,
+                          progress=False, log_every=100)
+    with pytest.raises(MDInstabilityError, match=r"step 10: the model returned NaN/inf for replica\(s\) \[1\]"):
+        run_replicas(calc, frames[4], settings, k=3)
+    assert replicas_module.CHECK_EVERY == 10
