@@ -1,6 +1,8 @@
 """Shared fixtures: the test data, generated at test time (no data outside the repository).
 
 * ``bundled_acac``: the acac data set bundled with the repository (``data/acac``).
+* ``session_cache`` (automatic): $MLIP_CACHE_DIR set to a session folder, so the suite
+  leaves the user's cache alone.
 * ``tiny``: a session folder of small files written from the bundled acac text and ASE's EMT
   calculator: ``acac_20.xyz`` (acac frames 0-19), the bad inputs ``malformed.xyz``,
   ``nan_forces.xyz``, ``no_forces.xyz``, a periodic Cu set ``cu_emt_10.xyz`` with energy,
@@ -32,6 +34,18 @@ CU_FRAMES = [("bulk", 300), ("bulk", 800), ("bulk", 1400), ("iso+3", 800), ("iso
              ("vacancy", 1400)]
 CU_A0 = 3.59  # Å, close to EMT's equilibrium lattice constant (3.5898 Å)
 CU_SHEAR = np.array([[1.0, 0.02, 0.0], [0.02, 1.0, 0.01], [0.0, 0.01, 1.0]])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """The suite never writes to the user's cache folder: $MLIP_CACHE_DIR (CP factors,
+    compiled packages, converted data) is a fresh session folder, shared by the tests (and
+    inherited by the processes they start); tests that need their own set it again."""
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("mlip-cache")
+    patch.setenv("MLIP_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

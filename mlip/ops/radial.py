@@ -32,7 +32,7 @@ class PolynomialCutoff(nn.Module):
             + p * (p + 2) * x.pow(p + 1)
             - 0.5 * p * (p + 1) * x.pow(p + 2)
         )
-        return u * (x < 1.0)
+        return torch.where(x < 1.0, u, torch.zeros_like(u))  # +0 beyond r_max (u * mask gives -0)
 
 
 class BesselBasis(nn.Module):

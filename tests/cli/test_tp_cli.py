@@ -13,6 +13,7 @@ from mlip.ops.tp import cp
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLIP_CACHE_DIR", raising=False)  # the default location under XDG
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "mlip" / "cp"
 

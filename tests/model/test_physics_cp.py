@@ -13,11 +13,8 @@ from mlip.testing import physics
 
 
 @pytest.fixture(scope="module")
-def cp_model(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    torch.manual_seed(0)
+def cp_model():
+    torch.manual_seed(0)  # CP factors fitted into the suite's cache folder (session_cache)
     config = {"backbone": {"class_path": "mlip.backbones.equivariant.EquivariantBackbone",
                            "init_args": {"channels": 8, "lmax_sh": 2, "correlation": 3,
                                          "tensor_product": "mlip.ops.tp.cp.CPTensorProduct"}}}

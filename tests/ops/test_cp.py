@@ -16,6 +16,8 @@ from mlip.ops.tp.cp import CPTensorProduct, fit_cp, shared_path_tensor
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
+    # the default location, $XDG_CACHE_HOME/mlip (not the suite's $MLIP_CACHE_DIR)
+    monkeypatch.delenv("MLIP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
