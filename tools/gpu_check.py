@@ -10,12 +10,15 @@ The model has the Gaunt benchmark architecture (configs/acac_bench_gaunt.yaml) t
 --train-steps Adam steps on bundled acac data (speed does not depend on the weights; a few
 steps keep MD physical). Systems are the 960-atom acac box of BASELINES.md repeated
 n x n x n (--sizes), built here from 64 bundled molecules when ../shared is absent.
-Every figure is printed as it is measured, so a run cut short still reports what it got.
+Every figure is printed as it is measured, so a run cut short still reports what it got;
+the order is by importance (forces, training, MD at the first size, replicas, larger
+sizes), and an error in one figure (out of memory, a failed build) is recorded in its row.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -76,6 +79,7 @@ def md_rate(atoms: ase.Atoms, model, device, mode: str, steps: int) -> dict:
     t = time.perf_counter()
     dyn.run(2)  # warm-up (and compilation)
     warm = time.perf_counter() - t
+    calc.timings.update(neighbors=0.0, model=0.0, calls=0)  # per-call split of the timed steps
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
@@ -132,24 +136,27 @@ def main() -> None:
         report[f"max_force_diff_{name}_float64"] = float(np.abs(f[0] - f[1]).max())
         emit("forces", {name: report[f"max_force_diff_{name}_float64"]})
 
-    # 2. MD speed, float32, eager and compiled, growing systems.
-    for n in [int(x) for x in args.sizes.split(",")]:
-        atoms = box.repeat((n, n, n))
-        for mode in args.modes.split(","):
-            if "graphs" in mode and device.type != "cuda":
-                continue
-            try:
-                row = md_rate(atoms, model, device, mode, args.steps)
-            except torch.OutOfMemoryError as err:
-                row = {"atoms": len(atoms), "mode": mode, "error": f"out of memory: {str(err)[:120]}"}
-                torch.cuda.empty_cache()
-            report["md"].append(row)
-            emit("md", row)
+    modes = [m for m in args.modes.split(",") if "graphs" not in m or device.type == "cuda"]
 
-    # 3. Batched replicas of one molecule.
-    for mode in args.modes.split(","):
-        if "graphs" in mode and device.type != "cuda":
-            continue
+    def guarded(kind: str, base: dict, measure) -> None:
+        """One figure; an error (out of memory, a failed build) becomes the row's "error"
+        and the check goes on with the next one."""
+        try:
+            row = measure()
+        except Exception as err:  # noqa: BLE001 - report it, keep measuring the rest
+            row = {**base, "error": f"{type(err).__name__}: {str(err).strip()[:200]}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        report[kind].append(row)
+        emit(kind, row)
+
+    def md_rows(n: int) -> None:
+        atoms = box.repeat((n, n, n))
+        for mode in modes:
+            guarded("md", {"atoms": len(atoms), "mode": mode},
+                    lambda mode=mode: md_rate(atoms, model, device, mode, args.steps))
+
+    def replica_row(mode: str) -> dict:
         calc = calculator(model, device, mode)
         settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=2, progress=False)
         run_replicas(calc, frames[0], settings, args.replicas)
@@ -159,11 +166,12 @@ def main() -> None:
                "atom_steps_per_s": out["steps_per_second"] * args.replicas * len(frames[0])}
         if calc.graphs is not None:
             row.update(captures=calc.graphs.captures, graph_failed=calc.graphs.failed)
-        report["replicas"].append(row)
-        emit("replicas", row)
+        return row
 
-    # 4. Training throughput (float32, batch 5 as the benchmark config).
-    train = model.to(device=device, dtype=torch.float32).train()
+    # In order of importance, so a run cut short keeps the essential figures: training,
+    # MD at the first size, replicas, then the larger sizes.
+    # 2. Training throughput (float32, batch 5 as the benchmark config).
+    train = copy.deepcopy(model).to(device=device, dtype=torch.float32).train()
     for p in train.parameters():
         p.requires_grad_(True)
     batches = [{k: v.to(device) for k, v in atoms_to_batch(frames[k:k + 5], train.cutoff).items()}
@@ -180,6 +188,17 @@ def main() -> None:
     sync(device)
     report["training"] = {"structures_per_s": 2 * len(batches) * 5 / (time.perf_counter() - t)}
     emit("training", report["training"])
+    del train, opt, batches
+
+    sizes = [int(x) for x in args.sizes.split(",")]
+    # 3. MD speed, float32, every mode, the first size.
+    md_rows(sizes[0])
+    # 4. Batched replicas of one molecule.
+    for mode in modes:
+        guarded("replicas", {"replicas": args.replicas, "mode": mode}, lambda mode=mode: replica_row(mode))
+    # 5. MD at the larger sizes.
+    for n in sizes[1:]:
+        md_rows(n)
     print("done", flush=True)
 
 

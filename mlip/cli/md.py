@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, ok in checks.items():
         if not ok:
             raise CliError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.cuda_graphs and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise CliError(f"--cuda-graphs needs a CUDA device (--device {args.device}"
+                       f"{'' if torch.cuda.is_available() else ', and this torch sees no GPU'})")
     try:
         atoms = ase.io.read(args.structure, index=args.frame_index)
     except Exception as err:  # noqa: BLE001 - any reader failure is a user error

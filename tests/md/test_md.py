@@ -244,9 +244,10 @@ def test_cli_rejects_bad_arguments(model_file, bundled_acac, tmp_path, capsys):
     assert main(["md", "--compile", "none", str(model_file), acac, "--replicas", "2", "--ensemble", "bussi",
                  "--device", "cpu"]) == 1
     assert main(["md", "--compile", "none", str(tmp_path / "missing.pt"), acac]) == 1
+    assert main(["md", "--compile", "none", str(model_file), acac, "--device", "cpu", "--cuda-graphs"]) == 1
     err = capsys.readouterr().err
     assert "--timestep must be positive" in err and "supports the ensembles" in err
-    assert "does not exist" in err
+    assert "does not exist" in err and "--cuda-graphs needs a CUDA device (--device cpu" in err
 
 
 def test_replica_blow_up_is_caught_at_the_next_check(stable_acac_model, monkeypatch):
