@@ -55,6 +55,7 @@ from mlip.calculator.calculator import (
 from mlip.data import keys
 from mlip.data.structure import Structure
 from mlip.graph.skin import SkinNeighborList
+from mlip.model.graphed import GraphedForceField
 from mlip.model.potential import Potential
 
 try:
@@ -87,11 +88,15 @@ class MLIPModel(ModelInterface):
         skin: Verlet skin [Å]; 0 rebuilds the neighbour lists every call.
         min_distance: raise :class:`~mlip.calculator.calculator.AtomsTooCloseError` when two
             atoms are closer than this [Å] (one device sync per call); None disables.
+        cuda_graphs: replay each force call from a CUDA graph (CUDA devices only; see
+            :class:`~mlip.calculator.calculator.MLIPCalculator`); implies ``fixed_shapes``.
+        fixed_shapes: the unfiltered, padded neighbour list of CUDA graphs (same results).
 
     Attributes:
         model: the wrapped Potential (eval mode, weights frozen when it is a copy).
         neighbors: the skin neighbour list of the current systems (its ``builds`` counts
             per-system graph builds).
+        graphs: with ``cuda_graphs`` a :class:`~mlip.model.graphed.GraphedForceField`; else None.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class MLIPModel(ModelInterface):
         compute_stress: bool = True,
         skin: float = 0.5,
         min_distance: float | None = 0.5,
+        cuda_graphs: bool = False,
+        fixed_shapes: bool | None = None,
     ) -> None:
         super().__init__()
         device = resolve_device("auto" if device is None else device)
@@ -118,7 +125,12 @@ class MLIPModel(ModelInterface):
         self._memory_scales_with = "n_atoms_x_density"  # a radial cutoff
         self.cutoff = self.model.cutoff
         self.min_distance = min_distance
-        self.neighbors = SkinNeighborList(self.cutoff, skin, self._dtype, self._device)
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, not {device}")
+        fixed = bool(cuda_graphs) if fixed_shapes is None else bool(fixed_shapes)
+        self.graphs = GraphedForceField(self._force_call) if cuda_graphs else None
+        self._graphs_forces = self._compute_forces  # the flag the graphs were captured with
+        self.neighbors = SkinNeighborList(self.cutoff, skin, self._dtype, self._device, fixed_shapes=fixed)
         self._systems: tuple[torch.Tensor, ...] | None = None
 
     # torch-sim's validator switches these on through setters; the base class refuses.
@@ -189,6 +201,9 @@ class MLIPModel(ModelInterface):
                 f"{bad.nonzero().flatten().tolist()[:10]}: far outside the training data "
                 "(check the geometry; in MD, a smaller timestep)")
 
+    def _force_call(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
+        return self.model(data, compute_forces=self._compute_forces, compute_stress=stress)
+
     def forward(self, state: ts.SimState | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Energy, forces and stress of every system in ``state``.
 
@@ -226,9 +241,12 @@ class MLIPModel(ModelInterface):
             self._reset(state, numbers, sizes, cells, pbc)
         data = self.neighbors.batch(state.positions.detach())
         self._check_distances(numbers, state.system_idx, sizes)
+        if self.graphs is not None and self._graphs_forces != self._compute_forces:
+            self.graphs = GraphedForceField(self._force_call)  # captured for the other flag
+            self._graphs_forces = self._compute_forces
         with torch.enable_grad():
-            out = self.model(data, compute_forces=self._compute_forces,
-                             compute_stress=self._compute_stress)
+            call = self._force_call if self.graphs is None else self.graphs
+            out = self.neighbors.real(call(data, self._compute_stress))
         self._check_finite(out, state.system_idx)
         dtype = state.dtype
         result = {"energy": out[keys.ENERGY].detach().to(dtype)}

@@ -53,11 +53,13 @@ def copper(seed: int = 2):
     return atoms
 
 
-def test_batch_equals_calculator_per_system(potential):
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_batch_equals_calculator_per_system(potential, fixed_shapes):
     """One torch-sim call on [methanol in a box, a Cu cell, water in a smaller box] gives each
-    system's energy, forces and stress as the ASE calculator does, float64."""
+    system's energy, forces and stress as the ASE calculator does, float64; also on the
+    fixed-shape list of CUDA graphs."""
     systems = [boxed_molecule(), copper(), boxed_molecule("H2O", box=12.0)]
-    model = MLIPModel(potential, device="cpu", dtype=torch.float64)
+    model = MLIPModel(potential, device="cpu", dtype=torch.float64, fixed_shapes=fixed_shapes)
     state = ts.initialize_state(systems, CPU, torch.float64)
     out = model(state)
     assert out["energy"].shape == (3,) and out["energy"].dtype == torch.float64
