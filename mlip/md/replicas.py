@@ -17,8 +17,8 @@ replicas where an atom moved skin/2 or more); every step the concatenated list i
 to the cutoff with one mask on the device (or, with the calculator's ``fixed_shapes`` /
 ``cuda_graphs``, kept whole at fixed shapes, see :class:`~mlip.graph.skin.SkinNeighborList`).
 
-Host round trips: one per step (the neighbour list's rebuild and closest-pair check, two
-when a list is rebuilt). The blow-up checks (NaN/inf forces, energies or positions, NVE
+Host round trips per step: one for the neighbour list's rebuild and closest-pair check
+(two when a list is rebuilt), plus one for the cutoff filter without fixed shapes. The blow-up checks (NaN/inf forces, energies or positions, NVE
 drift, temperature) and the progress bar's temperature read the device every
 ``CHECK_EVERY`` steps, at logged steps and at the last step, in one transfer; a blow-up in
 between is reported at the next check.
