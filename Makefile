@@ -1,6 +1,9 @@
 # Two entry points for a fresh machine with Python 3.11 and pip:
 #   make demo  - create .venv, install mlip, train -> evaluate on the bundled acac data
+#                (replaces the previous demo run in checkpoints/quickstart, and says so)
 #   make test  - create .venv, install mlip[dev], run the test suite
+#                (make test PYTEST_ARGS='-m "not slow"' for the fast subset)
+# make clean removes the demo run and caches and keeps .venv; make distclean removes .venv too.
 # TORCH is installed first so pip does not pull a multi-GB CUDA build on CPU machines;
 # override it (e.g. make test TORCH="torch==2.13.0 --index-url ...") for a CUDA build.
 PYTHON ?= python3
@@ -9,7 +12,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean distclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +24,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/mlip train --config configs/quickstart.yaml
+	$(VENV)/bin/mlip train --config configs/quickstart.yaml --overwrite
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) checkpoints/quickstart data/acac/.mlip_cache
+	rm -rf checkpoints/quickstart data/acac/.mlip_cache .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,8 +1,8 @@
 """The user cache folder: the one place mlip writes files the user did not name.
 
 ``$MLIP_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mlip``, else ``~/.cache/mlip``. Inside it:
-``cp/`` (fitted CP tensor-product factors), ``data/`` (LMDB conversions of data files in
-read-only folders; others get a ``.mlip_cache/`` folder beside the file), ``statistics/``
+``cp/`` (fitted CP tensor-product factors), ``data/`` (LMDB conversions of the structure
+files that training and evaluation read; nothing is written beside them), ``statistics/``
 (training-split statistics of LMDB datasets the user gave: mlip never writes into those)
 and ``compiled/`` (compiled force paths, :mod:`mlip.model.compiled`).
 """

@@ -1,10 +1,10 @@
-"""NVE energy conservation and a memory soak through the ASE calculator (issue 14 item 7).
+"""NVE energy conservation and a memory soak through the ASE calculator.
 
     # 10 ps of one acac molecule in float64 (the benchmark model)
-    python tools/bench_conservation.py --model checkpoints/bench18_gaunt/model.pt \
+    python tools/bench_conservation.py --model checkpoints/acac_bench_gaunt/model.pt \
         --structure data/acac/test_MD_300K.xyz --dtype float64 --ps 10
     # 2 ps of the 960-atom box in float32
-    python tools/bench_conservation.py --model checkpoints/bench18_gaunt/model.pt \
+    python tools/bench_conservation.py --model checkpoints/acac_bench_gaunt/model.pt \
         --structure ../shared/data/bench/acac_box64.xyz --dtype float32 --ps 2
     # 100,000 steps, resident memory sampled every 10,000
     python tools/bench_conservation.py --model ... --structure data/acac/test_MD_300K.xyz \

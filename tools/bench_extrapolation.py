@@ -1,4 +1,4 @@
-"""Extrapolation benchmark: energy surfaces away from the training data (issue 16).
+"""Extrapolation benchmark: energy surfaces away from the training data.
 
 Scores the same geometries with every model given: mlip model files, MACE model files
 (evaluated with ``mace_eval_configs`` from MACE's own venv) and GFN2-xTB through tblite as
@@ -11,7 +11,7 @@ of the training file:
 * pull: each H atom pulled out along its bond to 11 Å (limit: rest of molecule + E0(H)).
 
     python tools/bench_extrapolation.py --train data/acac/train_300K.xyz \\
-        --model gaunt=checkpoints/bench16_gaunt/model.pt --mace mace=/path/acac_mace.model \\
+        --model gaunt=checkpoints/acac_bench_gaunt/model.pt --mace mace=/path/acac_mace.model \\
         --xtb --out bench_extrapolation
 
 Writes <out>/geometries.xyz, <out>/energies.json and prints markdown tables.

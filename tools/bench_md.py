@@ -20,12 +20,16 @@ Cu models of its architecture), ``--acac-model`` several trained files. MACE in 
 ``--mace-model`` (and ``--mace-cu-model`` for the Cu cell) with ``--mace-venv`` times
 mace-torch's MACECalculator through the same ASE loop, same system, steps, threads, dtype and
 malloc settings, in a subprocess of its own venv (mace-torch pins e3nn 0.4.4), one after the
-other with nothing else running; every mlip row then gets its ratio to MACE in atom-steps/s
-(for the batched replicas, against MACE on one molecule):
+other with nothing else running, in each of ``--mace-modes`` (eager, and compiled:
+``MACECalculator(compile_mode="default")``, torch.compile with inductor; a mode that fails
+gets a row saying why). Every mlip row then gets its ratio to the fastest MACE mode measured
+on that system in atom-steps/s (for the batched replicas, against MACE on one molecule).
+Each row is the mean ± sample standard deviation over ``--repeats`` timed segments:
 
     python tools/bench_md.py --threads 1 --modes eager,aot --systems acac,box \
-        --acac-model checkpoints/bench_gaunt/model.pt --mace-model <mace>.model \
-        --mace-venv <mace venv>
+        --acac-model runs/seeds_gaunt_l3/mlip_seed0/model.pt \
+        --mace-model runs/seeds_gaunt_l3/mace_seed0/mace_stagetwo.model \
+        --mace-venv <mace venv> --json md.json
 """
 
 from __future__ import annotations
@@ -125,8 +129,20 @@ def bench_calculator(model, mode: str) -> MLIPCalculator:
     return MLIPCalculator(model, device="cpu", compile=compile_, fixed_shapes=fixed == "fixed")
 
 
-def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str) -> dict:
-    """ASE VelocityVerlet through the calculator: rates and the per-step split."""
+def spread(rates: list[float], n_atoms: int) -> dict:
+    """Mean, sample standard deviation, min and max of repeated rates (steps/s)."""
+    arr = np.asarray(rates, dtype=float)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"steps_per_s": float(arr.mean()), "steps_per_s_std": std,
+            "atom_steps_per_s": float(arr.mean()) * n_atoms,
+            "atom_steps_per_s_std": std * n_atoms, "repeats": len(arr),
+            "steps_per_s_all": [float(x) for x in arr]}
+
+
+def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str,
+            repeats: int = 1) -> dict:
+    """ASE VelocityVerlet through the calculator: rates over ``repeats`` consecutive timed
+    segments of ``steps`` steps after the warm-up, and the per-step split over all of them."""
     calc = bench_calculator(model, compile_)
     atoms = atoms.copy()
     atoms.calc = calc
@@ -137,29 +153,33 @@ def time_md(atoms: ase.Atoms, model, steps: int, warmup: int, compile_: str) -> 
     warmup_s = time.perf_counter() - t
     calc.timings.update(neighbors=0.0, model=0.0, calls=0)
     builds = calc.num_builds
-    t = time.perf_counter()
-    dyn.run(steps)
-    total = time.perf_counter() - t
+    rates, total = [], 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dyn.run(steps)
+        dt = time.perf_counter() - t
+        rates.append(steps / dt)
+        total += dt
+    n = steps * repeats
     nl, mo = calc.timings["neighbors"], calc.timings["model"]
-    return {"steps_per_s": steps / total, "atom_steps_per_s": steps * len(atoms) / total,
-            "ms_nl": 1e3 * nl / steps, "ms_model": 1e3 * mo / steps,
-            "ms_other": 1e3 * (total - nl - mo) / steps,
-            "builds_per_100": 100 * (calc.num_builds - builds) / steps, "warmup_s": warmup_s,
+    return {**spread(rates, len(atoms)),
+            "ms_nl": 1e3 * nl / n, "ms_model": 1e3 * mo / n, "ms_other": 1e3 * (total - nl - mo) / n,
+            "builds_per_100": 100 * (calc.num_builds - builds) / n, "warmup_s": warmup_s,
             **compile_figures(calc, model, atoms)}
 
 
-def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str) -> dict:
+def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str,
+                  repeats: int = 1) -> dict:
     calc = bench_calculator(model, compile_)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
     run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)
     warmup_s = time.perf_counter() - t
     settings.steps = steps
-    out = run_replicas(calc, atoms, settings, k)
-    rate = out["steps_per_second"]
-    return {"steps_per_s": rate, "atom_steps_per_s": rate * k * len(atoms), "ms_nl": float("nan"),
+    rates = [run_replicas(calc, atoms, settings, k)["steps_per_second"] for _ in range(repeats)]
+    return {**spread(rates, k * len(atoms)), "ms_nl": float("nan"),
             "ms_model": float("nan"), "ms_other": float("nan"),
-            "builds_per_100": 100 * out["neighbor_builds"] / (k * (steps + 1)), "warmup_s": warmup_s,
+            "builds_per_100": float("nan"), "warmup_s": warmup_s,
             "compile_s": sum(p.compile_seconds for p in calc.compiled.packages.values() if p is not None)
             if calc.compiled else float("nan"), "load_s": float("nan")}
 
@@ -175,27 +195,34 @@ if not os.environ.get("MLIP_NO_MALLOC_TUNING"):
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-4, 0)
     libc.mallopt(-1, 2**31 - 1)
-model, xyz, steps, warmup, threads, dtype = sys.argv[1:7]
-steps, warmup = int(steps), int(warmup)
+model, xyz, steps, warmup, threads, dtype, mode, repeats = sys.argv[1:9]
+steps, warmup, repeats = int(steps), int(warmup), int(repeats)
 torch.set_num_threads(int(threads))
 atoms = ase.io.read(xyz)
-atoms.calc = MACECalculator(model_paths=model, device="cpu", default_dtype=dtype)
+extra = {} if mode == "eager" else {"compile_mode": mode}
+atoms.calc = MACECalculator(model_paths=model, device="cpu", default_dtype=dtype, **extra)
 thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
 dyn = VelocityVerlet(atoms, 0.5 * units.fs)
 t = time.perf_counter()
 dyn.run(warmup)
 warmup_s = time.perf_counter() - t
-t = time.perf_counter()
-dyn.run(steps)
-total = time.perf_counter() - t
-print("MACE_RESULT " + json.dumps({"steps_per_s": steps / total, "warmup_s": warmup_s,
-                                    "atom_steps_per_s": steps * len(atoms) / total}))
+rates = []
+for _ in range(repeats):
+    t = time.perf_counter()
+    dyn.run(steps)
+    rates.append(steps / (time.perf_counter() - t))
+print("MACE_RESULT " + json.dumps({"rates": rates, "warmup_s": warmup_s, "atoms": len(atoms)}))
 """
+
+# MACE's modes: its ASE calculator in eager mode, and torch.compile (MACECalculator's
+# compile_mode, inductor on the CPU).
+MACE_MODES = {"eager": "eager", "compiled": "default"}
 
 
 def time_mace(venv: str, model: str, atoms: ase.Atoms, steps: int, warmup: int, threads: int,
-              dtype: str) -> dict:
-    """MACECalculator through the same ASE VelocityVerlet loop, in MACE's own venv."""
+              dtype: str, mode: str = "eager", repeats: int = 1) -> dict:
+    """MACECalculator through the same ASE VelocityVerlet loop, in MACE's own venv; ``mode``
+    eager or compiled. A failure is returned as ``{"error": last line of its output}``."""
     with tempfile.TemporaryDirectory() as tmp:
         xyz = Path(tmp) / "start.xyz"
         start = atoms.copy()
@@ -203,13 +230,14 @@ def time_mace(venv: str, model: str, atoms: ase.Atoms, steps: int, warmup: int, 
         ase.io.write(xyz, start, format="extxyz")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run([f"{venv}/bin/python", "-c", MACE_TIMER, model, str(xyz), str(steps),
-                               str(warmup), str(threads), dtype], capture_output=True, text=True,
-                              env=env, check=False)
+                               str(warmup), str(threads), dtype, MACE_MODES[mode], str(repeats)],
+                              capture_output=True, text=True, env=env, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MACE_RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"MACE timing failed ({model}): {tail}")
-    return json.loads(lines[-1].removeprefix("MACE_RESULT "))
+        return {"error": tail[:200]}
+    out = json.loads(lines[-1].removeprefix("MACE_RESULT "))
+    return {**spread(out["rates"], out["atoms"]), "warmup_s": out["warmup_s"]}
 
 
 def allocator_setting() -> str:
@@ -250,6 +278,12 @@ def main() -> None:
     parser.add_argument("--mace-cu-model", default=None, help="MACE model for the Cu cell")
     parser.add_argument("--mace-venv", default=os.environ.get("MACE_VENV"),
                         help="venv with mace-torch (default $MACE_VENV)")
+    parser.add_argument("--mace-modes", default="eager,compiled",
+                        help="comma-separated MACE modes: eager, compiled (torch.compile through "
+                             "MACECalculator(compile_mode='default'))")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed segments per row after the warm-up (mean ± std)")
+    parser.add_argument("--json", default=None, help="also write every row as JSON here")
     args = parser.parse_args()
     if (args.mace_model or args.mace_cu_model) and not args.mace_venv:
         parser.error("--mace-model needs --mace-venv (or $MACE_VENV): MACE runs in its own venv")
@@ -287,13 +321,34 @@ def main() -> None:
     }
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.dtype}, "
           f"allocator: {allocator_setting()}")
-    header = ("| system | atoms | threads | model | mode | steps/s | atom-steps/s | vs MACE | NL ms | "
-              "model ms | other ms | NL builds /100 steps | warm-up s | compile s | cached load s |")
+    header = ("| system | atoms | threads | model | mode | steps/s | atom-steps/s | vs fastest MACE | "
+              "NL ms | model ms | other ms | NL builds /100 steps | warm-up s | compile s | "
+              "cached load s |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    rows = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if "error" in row:
+            print(f"| {row['system']} | {row['atoms']} | {row['threads']} | {row['model']} | "
+                  f"{row['mode']} | failed: {row['error']} |", flush=True)
+            return
+        rate = f"{row['steps_per_s']:.2f} ± {row['steps_per_s_std']:.2f}"
+        atom_rate = f"{row['atom_steps_per_s']:,.0f} ± {row['atom_steps_per_s_std']:,.0f}"
+        ratio = row.get("vs_mace")
+        vs = f"{ratio:.1f}x ({row['vs_mace_mode']})" if ratio is not None else "-"
+        print(f"| {row['system']} | {row['atoms']} | {row['threads']} | {row['model']} | "
+              f"{row['mode']} | {rate} | {atom_rate} | {vs} | {fmt(row.get('ms_nl', nan), '.2f')} | "
+              f"{fmt(row.get('ms_model', nan), '.2f')} | {fmt(row.get('ms_other', nan), '.2f')} | "
+              f"{fmt(row.get('builds_per_100', nan), '.1f')} | {row['warmup_s']:.1f} | "
+              f"{fmt(row.get('compile_s', nan), '.1f')} | {fmt(row.get('load_s', nan), '.2f')} |",
+              flush=True)
+
+    nan = float("nan")
     for threads in [int(x) for x in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        mace_rate: dict[str, float] = {}
+        fastest: dict[str, tuple[float, str]] = {}  # system -> (MACE atom-steps/s, its mode)
         for key in wanted:
             name, make, which, steps = systems[key]
             if key == "box" and not box_file.is_file():
@@ -302,12 +357,14 @@ def main() -> None:
             atoms = make()
             mace_file = args.mace_cu_model if which == "cu" else args.mace_model
             if mace_file and key != "replicas":
-                m = time_mace(args.mace_venv, mace_file, atoms, steps, args.warmup, threads, args.dtype)
-                mace_rate[key] = m["atom_steps_per_s"]
-                print(f"| {name} | {len(atoms)} | {threads} | MACE | eager | {m['steps_per_s']:.2f} | "
-                      f"{m['atom_steps_per_s']:,.0f} | 1.0x | - | - | - | - | {m['warmup_s']:.1f} | - | - |",
-                      flush=True)
-            reference = mace_rate.get("acac" if key == "replicas" else key, float("nan"))
+                for mode in args.mace_modes.split(","):
+                    m = time_mace(args.mace_venv, mace_file, atoms, steps, args.warmup, threads,
+                                  args.dtype, mode, args.repeats)
+                    emit({"system": name, "atoms": str(len(atoms)), "threads": threads,
+                          "model": "MACE", "mode": mode, **m})
+                    if "error" not in m and m["atom_steps_per_s"] > fastest.get(key, (0.0, ""))[0]:
+                        fastest[key] = (m["atom_steps_per_s"], mode)
+            reference = fastest.get("acac" if key == "replicas" else key)
             for label, acac, cu in entries:
                 model = acac if which == "acac" else cu
                 if model is None:
@@ -315,19 +372,27 @@ def main() -> None:
                 for mode in args.modes.split(","):
                     mode = {"compiled": "aot"}.get(mode, mode)
                     if key == "replicas":
-                        r = time_replicas(atoms, model, args.replicas, steps, mode)
+                        r = time_replicas(atoms, model, args.replicas, steps, mode, args.repeats)
                         n_atoms = f"{args.replicas} x {len(atoms)}"
                     else:
-                        r = time_md(atoms, model, steps, args.warmup, mode)
+                        r = time_md(atoms, model, steps, args.warmup, mode, args.repeats)
                         n_atoms = str(len(atoms))
-                    print(f"| {name} | {n_atoms} | {threads} | {label} | {mode} | {r['steps_per_s']:.2f} | "
-                          f"{r['atom_steps_per_s']:,.0f} | {fmt(r['atom_steps_per_s'] / reference, '.1f') + ('x' if reference == reference else '')} | "
-                          f"{fmt(r['ms_nl'], '.2f')} | {fmt(r['ms_model'], '.2f')} | "
-                          f"{fmt(r['ms_other'], '.2f')} | {r['builds_per_100']:.1f} | {r['warmup_s']:.1f} | "
-                          f"{fmt(r['compile_s'], '.1f')} | {fmt(r['load_s'], '.2f')} |",
-                          flush=True)
-    print("done: steps/s are ASE MD steps (batched steps for replicas); NL = neighbour list; "
-          "vs MACE = atom-steps/s over MACE's on the same system (replicas: on one molecule).")
+                    if reference is not None:
+                        r.update(vs_mace=r["atom_steps_per_s"] / reference[0],
+                                 vs_mace_mode=f"MACE {reference[1]}")
+                    emit({"system": name, "atoms": n_atoms, "threads": threads, "model": label,
+                          "mode": mode, **r})
+    print(f"done: mean ± sample std over {args.repeats} timed segments of the same run; steps/s are "
+          "ASE MD steps (batched steps for replicas); NL = neighbour list; vs fastest MACE = "
+          "atom-steps/s over the fastest MACE mode measured on the same system in this run "
+          "(replicas: on one molecule).")
+    if args.json:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+                "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                "dtype": args.dtype, "allocator": allocator_setting(), "steps": args.steps,
+                "large_steps": args.large_steps, "warmup": args.warmup, "repeats": args.repeats}
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark the data side at scale (issue 15): conversion of a synthetic ASE-LMDB input
+"""Benchmark the data side at scale: conversion of a synthetic ASE-LMDB input
 (OMol25's format) into shards with 1 and 2 workers (frames/s, peak RSS), data-loader
 structures/s from the shards, and atom-budget vs fixed-count batching on mixed sizes.
 

@@ -1,4 +1,4 @@
-"""GPU check (issue 12 item 5): CUDA vs CPU forces, MD speed at ~1k/10k/100k atoms and with
+"""GPU check: CUDA vs CPU forces, MD speed at ~1k/10k/100k atoms and with
 batched replicas, training throughput, peak GPU memory; eager and AOT-compiled, each also
 replayed from CUDA graphs (+graphs; rows say how many captures and whether one failed, and
 every non-eager row the largest force difference to a plain eager call).

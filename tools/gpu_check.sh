@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue 12 item 5, sized to finish within 8 minutes on one GPU.
+# GPU check, sized to finish within 8 minutes on one GPU.
 # On the lent device machine (python3 there has CUDA torch, e3nn, lightning, tensorboard;
 # ase, vesin and lmdb travel as wheels). Once per checkout, here:
 #   echo /.whl/ >> .git/info/exclude
@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 out="${OUT:-.}/gpu_check.json"
 timeout 420 python3 tools/gpu_check.py --device cuda --out "$out" "$@"
 echo "exit $? (124 = stopped at the 420 s limit; the JSON holds what was measured)"
-# Tensor products on the GPU against e3nn and cuEquivariance (issue 12 item 3); cueq rows
+# Tensor products on the GPU against e3nn and cuEquivariance; cueq rows
 # say "skipped" where the package is not installed.
 timeout 50 python3 tools/bench_tp.py --device cuda --lmax 1 2 3 --channels 32 --edges 100000 \
     --repeats 5 --impl cg gaunt-grid gaunt-fourier e3nn-uvu cueq

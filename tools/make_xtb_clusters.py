@@ -7,7 +7,7 @@
         --densities 0.9,1.0,1.05 --contact-range 1.9,2.2 --shell 3.0 --workers 2
 
 Why: a model trained on gas-phase frames of single molecules knows nothing about the space
-between molecules, so MD of a liquid box falls into holes there (issue 14 item 7). This tool
+between molecules, so MD of a liquid box falls into holes there. This tool
 makes the missing frames at the level of tools/make_xtb_dataset.py (same tblite settings,
 same isolated-atom energies), and relabels the monomers with the same method, so one model
 can be trained on one consistent energy surface.

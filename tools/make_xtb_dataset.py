@@ -1,4 +1,4 @@
-"""A multi-molecule GFN2-xTB data set, generated here instead of downloaded (issue 13 item 3).
+"""A multi-molecule GFN2-xTB data set, generated here instead of downloaded.
 
     python tools/make_xtb_dataset.py --out data/xtb_g2            # 2,088 frames, ~20 s on 1 core
     python tools/make_xtb_dataset.py --out /tmp/x --molecules CH4,H2O,C2H6 --frames 6 --workers 1

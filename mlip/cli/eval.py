@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mlip.cli.main import CliError
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             results.append(evaluate_file(model, path, args.batch_size, mapping,
-                                         keep_predictions=bool(args.plots), compile=args.compile))
+                                         keep_predictions=bool(args.plots), compile=args.compile,
+                                         progress=sys.stderr.isatty()))
         except (FileNotFoundError, ValueError) as err:
             raise CliError(f"{path}: {err}") from err
     print(format_table(results))

@@ -1,4 +1,4 @@
-"""`mlip train --config FILE [key.sub=value ...] [--resume]`."""
+"""`mlip train --config FILE [key.sub=value ...] [--resume | --overwrite]`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    p.add_argument("--resume", action="store_true", help="continue checkpoints/<run>/last.ckpt")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue checkpoints/<run>/last.ckpt")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier run of the same run_name (its folder is deleted)")
     p.set_defaults(func=run)
 
 
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
     try:
-        train(config, resume=args.resume)
+        train(config, resume=args.resume, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     return 0

@@ -41,7 +41,7 @@ __all__ = ["CompileError", "CompiledForceField", "CompiledModel", "fingerprint",
 INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SHIFTS, keys.CELL,
               keys.PBC, keys.BATCH)
 # Bump when the traced function changes meaning or its graph or build changes (3, 4: the
-# unrolled shared product and row-folded matmuls of issue 12; 5: no index bounds checks;
+# unrolled shared product and row-folded matmuls; 5: no index bounds checks;
 # 6: tabulated radial networks, copied operands of the degree-wise linear maps; 7: tables
 # exactly 0 beyond the cutoff, one-hot species without a range check), so old packages are
 # not reused.
@@ -52,7 +52,7 @@ _MIN_ATOMS, _MIN_EDGES = 2, 2
 # Inductor settings of the build, applied only inside it (inductor.config.patch). Without
 # the bounds check of every indirect load (the per-edge gathers and scatters), a compiled
 # force call takes 6 % less on the 960-atom acac box and 9 % less on one molecule
-# (docs/benchmarks.md, issue 12 session 12). Indices then must be in range: the package
+# (docs/history.md, Speed). Indices then must be in range: the package
 # is fed only batches that mlip's neighbour lists built, for elements the model checked.
 _INDUCTOR_OPTIONS = {"assert_indirect_indexing": False}
 

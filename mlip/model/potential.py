@@ -16,7 +16,7 @@ atom's last neighbours leave the cutoff, so an isolated atom has exactly E0.
 of about shift / n_avg per neighbour (-0.4 eV on acac) that the network must cancel at
 every geometry it has not seen (it made torsion scans and compressed molecules fall below
 the minimum). It stays for model files written with it (format version <= 2); measured,
-it helps nowhere (docs/benchmarks.md, issue 16). ``baseline="none"``: no shift.
+it helps nowhere (docs/history.md, The energy expression). ``baseline="none"``: no shift.
 
 ``learn_shift=True`` adds the trainable per-element correction c to the shift (initialised
 at 0, in units of ``scale``; without it c = 0; training configs turn it on). The
@@ -24,7 +24,7 @@ statistics' shift is the mean of the training energies, but the learned part can
 its radial functions, which moves forces and stress with it; on a one-element solid
 (Cu, every atom with ~46 neighbours) that coupling left a constant per-atom energy error of
 50-300 meV/atom that the energy loss could not remove without breaking forces or stress
-(docs/benchmarks.md, issue 16 item 5). The correction is a constant for every atom with a
+(docs/history.md, The energy expression). The correction is a constant for every atom with a
 neighbour, so it changes no force and no stress, and an isolated atom still has exactly E0.
 
 Energies are accumulated in float64 whatever the model dtype: total energies of molecules

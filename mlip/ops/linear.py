@@ -21,7 +21,7 @@ class _DegreeMix(torch.autograd.Function):
     backward is written out here with the copy. In an AOTInductor package inductor keeps
     the copy in the forward but (measured) lays some backward copies out strided again;
     even so the compiled force call of the Gaunt benchmark model is 5 % faster on one
-    acac molecule and 4.5 % on the 960-atom box (docs/benchmarks.md, issue 12 session 14).
+    acac molecule and 4.5 % on the 960-atom box (docs/history.md, Speed).
     The backward is made of differentiable operations: force training differentiates
     through it.
     """

@@ -1,7 +1,7 @@
 """Extrapolation probes of a potential-energy surface, away from the training data.
 
 Three families of geometries any molecule can be put through, each with the check a
-physical surface must pass (issue 16):
+physical surface must pass:
 
 * :func:`scaled_copies` - the molecule shrunk/stretched uniformly about its centroid
   (factors 0.7 - 1.3): the energy must rise on both sides of a minimum near 1.

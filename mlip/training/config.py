@@ -68,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
         # per_element (a neighbour-independent constant) | coordination (legacy) | none.
         "baseline": "per_element",
         # Train a per-element correction to that constant (forces and stress unaffected;
-        # measured: acac energies and Cu's lattice constant, docs/benchmarks.md issue 16).
+        # measured: acac energies and Cu's lattice constant, docs/history.md, The energy
+        # expression).
         "learn_shift": True,
     },
     "training": {
@@ -86,8 +87,8 @@ DEFAULTS: dict[str, Any] = {
         # Stress MSE in (eV/Å^3)^2 against per-atom energy MSE in eV^2: a strain error
         # costs sigma * V_atom per atom, V_atom^2 ~ 100-150 Å^6 for metals, so 100 weighs
         # stress like energy. At 1.0 a Cu model kept a constant 15 GPa pressure error and
-        # a lattice constant 6 % off (issue 16 item 5); at 100 the bulk modulus stayed 19 %
-        # soft. Cu in 15 CPU-min (docs/benchmarks.md, issue 14 item 9): 3000 gave B -9.6 and
+        # a lattice constant 6 % off; at 100 the bulk modulus stayed 19 % soft. Cu in
+        # 15 CPU-min (docs/history.md, The stress weight): 3000 gave B -9.6 and
         # -10.0 % in two runs, on the goal's edge; 5000 gives -7.4 and -8.6 % (seeds 0, 1) at
         # the same force MAE and a within 0.1 %; 10000: -6 % but force MAE +15 %, vacancy
         # and surface energies worse. Molecules have no stress: they are unaffected.

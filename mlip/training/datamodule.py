@@ -1,8 +1,8 @@
 """LightningDataModule: LMDB datasets, seeded splits, statistics of the training split.
 
-Inputs may be any ASE-readable file (converted once to an LMDB cache next to the file, or in
-``mlip.cache.cache_dir("data")`` when that folder is read-only; reused while the file is
-unchanged) or an mlip LMDB.
+Inputs may be any ASE-readable file (converted once to an LMDB cache in
+``mlip.cache.cache_dir("data")``, reused while the file is unchanged; nothing is written
+beside the user's file) or an mlip LMDB.
 """
 
 from __future__ import annotations
@@ -34,17 +34,16 @@ from mlip.graph.stats import closest_pairs, count_edges
 from mlip.training.batching import StructureBatchSampler
 from mlip.training.ranks import local_rank
 
-CACHE_DIR_NAME = ".mlip_cache"
+CACHE_DIR_NAME = ".mlip_cache"  # where older versions put conversions: beside the data file
 
 
 def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
-    """Where the LMDB cache of ``path`` lives; the name changes when the file changes."""
+    """Where the LMDB cache of ``path`` lives: the user cache folder (``$MLIP_CACHE_DIR``
+    moves it), in a subfolder per data folder; the name changes when the file changes."""
     st = path.stat()
     tag = json.dumps([path.name, st.st_size, st.st_mtime_ns, key_mapping], sort_keys=True)
     digest = hashlib.sha1(tag.encode()).hexdigest()[:12]
-    folder = path.parent / CACHE_DIR_NAME
-    if not os.access(path.parent, os.W_OK):
-        folder = cache_dir("data") / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
+    folder = cache_dir("data") / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
     return folder / f"{path.stem}-{digest}.lmdb"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ class PotentialModule(L.LightningModule):
             budget = ((dd * 24 + hh) * 60 + mm) * 60 + ss
             frac = max(frac, (time.time() - self._fit_start) / max(budget, 1))
         return frac
+
+    def _cosine_factor(self, epoch: int) -> float:
+        """Cosine annealing to zero over the budget: over max_epochs, or over max_time when a
+        wall-time budget binds first (then a slower machine still ends at a small lr)."""
+        tc = self.config["training"]
+        frac = epoch / max(1, tc["max_epochs"])
+        if tc["max_time"] and self._fit_start is not None and epoch > 0:
+            frac = max(frac, self.budget_fraction())
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
     def update_stage(self) -> None:
         """Enter stage two (latched) once the configured start is reached: an epoch
@@ -268,7 +278,7 @@ class PotentialModule(L.LightningModule):
             return {"optimizer": opt,
                     "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
         if tc["scheduler"] == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc["max_epochs"]))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, self._cosine_factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if tc["scheduler"] not in (None, "none"):
             raise ValueError(f"unknown scheduler {tc['scheduler']!r}: use plateau, cosine or none")

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,20 @@ from mlip.training.checkpoint_io import AtomicCheckpointIO
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
 from mlip.training.module import PotentialModule
+from mlip.training.progress import EpochLines
 from mlip.training.ranks import global_rank
 
 
 def run_dir_of(config: dict[str, Any]) -> Path:
     return Path(config["output_dir"]) / config["run_name"]
+
+
+def _seconds(max_time: str | None) -> float | None:
+    """``"DD:HH:MM:SS"`` -> seconds (``None`` stays ``None``)."""
+    if not max_time:
+        return None
+    dd, hh, mm, ss = (int(x) for x in str(max_time).split(":"))
+    return float(((dd * 24 + hh) * 60 + mm) * 60 + ss)
 
 
 def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -36,6 +47,11 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Mod
         save_last=True, save_top_k=1,
     )
     callbacks: list = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    # A bar only on a terminal; elsewhere (a log file, a pipe, a batch job) a line per epoch.
+    progress_bar = bool(tc["enable_progress_bar"]) and sys.stdout.isatty()
+    if not progress_bar:
+        callbacks.append(EpochLines(max_epochs=tc["max_epochs"] if tc["max_epochs"] < 10**5 else None,
+                                    max_time=_seconds(tc["max_time"])))
     if tc["early_stopping_patience"]:
         callbacks.append(EarlyStopping("val/loss", patience=int(tc["early_stopping_patience"])))
     trainer = L.Trainer(
@@ -52,7 +68,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Mod
         inference_mode=False,
         log_every_n_steps=tc["log_every_n_steps"],
         check_val_every_n_epoch=tc["check_val_every_n_epoch"],
-        enable_progress_bar=tc["enable_progress_bar"],
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
@@ -100,7 +116,7 @@ def process_state_restored():
 
 
 def train(config: dict[str, Any] | str | Path, resume: bool = False,
-          overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+          overrides: list[str] | tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
     """Run training as configured; returns a summary dict (also written to summary.json).
 
     The process is left as it was found (:func:`process_state_restored`): environment,
@@ -110,13 +126,26 @@ def train(config: dict[str, Any] | str | Path, resume: bool = False,
         config: a resolved config (:func:`mlip.training.config.load_config`) or a YAML path.
         resume: continue ``checkpoints/<run_name>/checkpoints/last.ckpt`` exactly.
         overrides: dotted ``key=value`` overrides, with a YAML path.
+        overwrite: replace an earlier run in the same folder (it is deleted first; only a
+            folder that holds an mlip run, i.e. its ``config.yaml``, is ever deleted).
     """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
     with process_state_restored():
-        return _train(config, resume, overrides)
+        return _train(config, resume, overrides, overwrite)
+
+
+def _remove_run(run_dir: Path) -> None:
+    """Delete an earlier run folder, refusing anything that is not one."""
+    if not (run_dir / "config.yaml").is_file():
+        raise FileExistsError(f"{run_dir} exists but holds no mlip run (no config.yaml): "
+                              "not deleting it; choose another run_name or output_dir")
+    print(f"mlip train: replacing the earlier run in {run_dir}", flush=True)
+    shutil.rmtree(run_dir)
 
 
 def _train(config: dict[str, Any] | str | Path, resume: bool,
-           overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+           overrides: list[str] | tuple[str, ...], overwrite: bool = False) -> dict[str, Any]:
     if not isinstance(config, dict):
         from mlip.training.config import load_config
 
@@ -129,12 +158,15 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
         raise FileNotFoundError(f"--resume: {last} does not exist")
-    if not resume and last.exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
-            "run_name (e.g. run_name=NAME)"
-        )
     rank_zero = global_rank() == 0
+    earlier = last.exists() or (run_dir / "model.pt").exists()
+    if overwrite and earlier and rank_zero:
+        _remove_run(run_dir)
+    elif not resume and not overwrite and earlier:
+        raise FileExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
+            "replace it, or choose another run_name (e.g. run_name=NAME)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero:
         with open(run_dir / "config.yaml", "w") as fh:
@@ -180,7 +212,8 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
         model = load_model(model_path, dtype=getattr(torch, config["model"]["dtype"]))
         mapping = {k: config["data"][k] for k in ("energy_key", "forces_key", "stress_key")}
         for path in config["data"]["test"]:
-            r = evaluate_file(model, path, config["data"]["val_batch_size"], mapping)
+            r = evaluate_file(model, path, config["data"]["val_batch_size"], mapping,
+                              progress=sys.stderr.isatty())
             results.append(r)
         print(format_table(results))
     summary["test"] = results

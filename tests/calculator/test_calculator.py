@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import ase
 import ase.io
@@ -15,6 +17,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.units import fs
 
+import mlip
 from mlip.calculator import (
     AtomsTooCloseError,
     MLIPCalculator,
@@ -23,7 +26,10 @@ from mlip.calculator import (
 )
 from mlip.data import keys
 from mlip.graph.build import atoms_to_batch
-from mlip.model.io import save_model
+from mlip.model.io import load_model, save_model
+
+# Model files written by old versions of mlip, with those versions' predictions (README.md there).
+LEGACY_MODELS = Path(__file__).resolve().parent / "data"
 
 
 def test_calculator_equals_model(trained_acac_model, copper_model, tiny):
@@ -178,39 +184,41 @@ def test_callers_model_untouched_and_cached(trained_acac_model):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_old_model_files_still_load(trained_acac_model, acac_backbone, tmp_path, version):
-    """Formats 1 and 2 (one scalar shift in the coordination baseline, no "baseline" in the
-    model config; format 1 also before exact buffers: float64 E0s / CP factors as plain
-    tensors, a 120-row Z table) load into today's Potential with identical predictions."""
-    from mlip.model.build import build_potential
-
-    model, frames = trained_acac_model
-    config = {"backbone": acac_backbone, "baseline": "coordination"}
-    legacy = build_potential(config, model.atomic_numbers, model.e0s.tolist(), float(model.scale),
-                             -4.8, model.cutoff, 12.0, prepare=False).to(torch.float64)
-    legacy.load_state_dict({**model.state_dict(), "shift_f64bits": legacy.state_dict()["shift_f64bits"]})
-    path = save_model(tmp_path / "m.pt", legacy, config, 12.0)
-    payload = torch.load(path, weights_only=True)
-    state = {}
-    for key, value in payload["state_dict"].items():
-        if key == "shift_f64bits":
-            state["shift"] = torch.tensor(-4.8)
-        elif key.endswith("_f64bits") and version == 1:
-            state[key.removesuffix("_f64bits")] = value.view(torch.float64)
-        elif key == "z_to_species" and version == 1:
-            state[key] = torch.cat([value, torch.tensor([-1])])
-        else:
-            state[key] = value
-    old_config = {k: v for k, v in payload["model_config"].items() if k != "baseline"}
-    payload.update(format_version=version, state_dict=state, shift=-4.8, model_config=old_config)
-    old = tmp_path / f"v{version}.pt"
-    torch.save(payload, old)
-    a, b = frames[1].copy(), frames[1].copy()
-    a.calc = MLIPCalculator(path, device="cpu")
-    b.calc = MLIPCalculator(old, device="cpu")
-    assert b.calc.model.baseline == "coordination"
-    assert a.get_potential_energy() == b.get_potential_energy()
-    np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+def test_old_model_files_still_load(bundled_acac, version):
+    """Genuine format-1 and format-2 files, written by the last commits that wrote those
+    formats (see tests/calculator/data/README.md), load with today's code and give the old
+    code's own predictions: acac frames 0 and 1 and a rattled periodic 4-atom Cu cell, through
+    ``load_model`` and through the calculator, in float64. Those formats had one scalar shift
+    in the coordination baseline and no "baseline" in the model config; format 1 also kept
+    float64 E0s as a plain tensor and a 120-row Z table. Measured with torch 2.13 on CPU:
+    energies bitwise equal, forces within 7e-16 eV/Å (summation order); asserted to 1e-10."""
+    refs = json.loads((LEGACY_MODELS / "legacy_models.json").read_text(encoding="utf-8"))
+    record = refs["models"][str(version)]
+    path = LEGACY_MODELS / record["file"]
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled classes
+    assert payload["format_version"] == version and "baseline" not in payload["model_config"]
+    assert mlip.load_model is load_model
+    model = load_model(path)
+    assert model.baseline == "coordination"
+    assert next(model.parameters()).dtype == torch.float64
+    calc = MLIPCalculator(path, device="cpu", dtype=torch.float64)
+    assert calc.model.baseline == "coordination"
+    for structure in record["structures"]:
+        atoms = ase.Atoms(structure["numbers"], structure["positions"], cell=structure["cell"],
+                          pbc=structure["pbc"])
+        if structure["frame"] is not None:  # a frame of the bundled file, as stored
+            frame = ase.io.read(bundled_acac / "train_300K.xyz", structure["frame"])
+            np.testing.assert_array_equal(atoms.numbers, frame.numbers)
+            np.testing.assert_array_equal(atoms.positions, frame.positions)
+        out = model(atoms_to_batch([atoms], model.cutoff, dtype=torch.float64))
+        atoms.calc = calc
+        for name, energy, forces in (
+            ("load_model", float(out[keys.ENERGY][0].detach()), out[keys.FORCES].detach().numpy()),
+            ("calculator", atoms.get_potential_energy(), atoms.get_forces()),
+        ):
+            where = f"{record['file']}, {structure['name']}, {name}"
+            assert energy == pytest.approx(structure["energy"], rel=0, abs=1e-10), where
+            np.testing.assert_allclose(forces, structure["forces"], rtol=0, atol=1e-10, err_msg=where)
 
 
 def test_check_state_reports_what_ase_reports(trained_acac_model):

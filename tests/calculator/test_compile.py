@@ -30,7 +30,7 @@ def moving_calls(atoms, calcs, steps=4):
 
 @pytest.mark.slow
 def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, monkeypatch):
-    """float64 to 1e-10 (the issue's bound), with changing edge counts; the second
+    """float64 to 1e-10 (the required bound), with changing edge counts; the second
     calculator of the same model loads the cached package instead of compiling."""
     monkeypatch.setenv("MLIP_CACHE_DIR", str(tmp_path))
     model, frames = trained_acac_model
@@ -41,8 +41,14 @@ def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, m
         assert e == pytest.approx(e_ref, rel=1e-10, abs=1e-10)
         np.testing.assert_allclose(f, f_ref, rtol=1e-10, atol=1e-10)
     package = first.compiled.packages[(1, False, True)]
-    assert package is not None and not package.from_cache and package.compile_seconds > 0
+    assert package is not None and not package.from_cache
     assert package.path.parent == tmp_path / "compiled" and package.path.exists()
+    assert [p.name for p in package.path.parent.iterdir()] == [package.path.name]  # no temp left
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("the cached package was compiled again")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
     second = MLIPCalculator(model, device="cpu", compile=True)
     (again,) = moving_calls(frames[0], [second], steps=2)
     assert second.compiled.packages[(1, False, True)].from_cache
@@ -121,7 +127,8 @@ def test_inductor_mode_equals_eager(trained_acac_model):
 def test_every_backbone_exports_with_dynamic_sizes(preset, bundled_acac):
     """The traced force function (energy + autograd forces, before AOTInductor) of every
     backbone preset takes other atom and edge counts than it was traced with and equals
-    eager in float64 to 1e-10 and in float32 (tabulated radial networks) to 1e-5 (the C++
+    eager in float64 to 1e-10 and in float32 (tabulated radial networks) to 1e-4 eV and
+    1e-5 relative (the C++
     compilation itself is the slow tests' part)."""
     import ase.io
 
@@ -153,8 +160,8 @@ def test_every_backbone_exports_with_dynamic_sizes(preset, bundled_acac):
     if preset not in ("cg", "gaunt-grid"):  # the same backbone code; two products suffice
         return
     # float32: the equivariant backbones' radial networks are tabulated in the traced
-    # function (a (pairs x intervals, 6, F) coefficient constant), to 1e-5 relative of
-    # eager float32 (the issue's bound)
+    # function (a (pairs x intervals, 6, F) coefficient constant); forces to 1e-5 of the
+    # largest force of eager float32
     model32 = model.float()
     data32 = atoms_to_batch([other[:13]], 5.0, dtype=torch.float32)
     program = compiled_module.export_force_function(
@@ -162,5 +169,7 @@ def test_every_backbone_exports_with_dynamic_sizes(preset, bundled_acac):
     assert any(b.ndim == 3 and b.shape[1] == 6 for _, b in program.named_buffers())
     got = program.module()(*[data32[k] for k in compiled_module.INPUT_KEYS])
     ref = model32(data32)
-    assert abs(float(got[0][0]) - float(ref[keys.ENERGY][0].detach())) < 1e-5 * abs(float(ref[keys.ENERGY][0]))
+    # The total energy (about -9,400 eV, E0s summed in float64) within 1e-4 eV of eager
+    # float32 (measured: 2-3e-7 eV; a 1 meV/atom error would be 1.3e-2 eV).
+    assert abs(float(got[0][0]) - float(ref[keys.ENERGY][0].detach())) < 1e-4
     assert (got[2] - ref[keys.FORCES]).abs().max() < 1e-5 * ref[keys.FORCES].abs().max()

@@ -83,7 +83,7 @@ def test_rejects_garbage(case: str) -> None:
 
 
 def test_every_flipped_byte_is_detected(random_structure) -> None:
-    """Issue 14 item 3: the CRC-32 trailer catches a flipped bit at any position."""
+    """The CRC-32 trailer catches a flipped bit at any position."""
     data = encode_structure(random_structure())
     rng = np.random.default_rng(0)
     for pos in range(len(data)):

@@ -1,4 +1,4 @@
-"""Corrupt datasets (issue 14 item 3): truncated and byte-flipped LMDB files are refused
+"""Corrupt datasets: truncated and byte-flipped LMDB files are refused
 with a clear error when opened or read, never decoded into other numbers and never a
 crash (SIGBUS/SIGSEGV) of the reading process."""
 

@@ -149,7 +149,7 @@ def test_ase_formats_and_energy_key(tmp_path: Path, capsys, suffix: str) -> None
 def test_explicit_key_that_matches_nothing_is_an_error(
     tmp_path: Path, tiny: Path, capsys, label: str
 ) -> None:
-    """Issue 14 item 2: a named key that matches no frame names the key, the file and the
+    """A named key that matches no frame names the key, the file and the
     keys that exist; nothing is written."""
     source = tiny / ("cu_emt_10.xyz" if label == "stress" else "no_forces.xyz")
     out = tmp_path / "o.lmdb"

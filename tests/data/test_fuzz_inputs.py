@@ -1,4 +1,4 @@
-"""Fuzzed structure files (issue 14 item 1): broken extxyz text and broken ASE inputs.
+"""Fuzzed structure files: broken extxyz text and broken ASE inputs.
 
 Every case goes through `mlip data convert` (the CLI, in process) and through the
 training-time conversion (:func:`mlip.training.datamodule.ensure_lmdb`). Either the input is
@@ -27,7 +27,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlip.cli.main import main
 from mlip.data.lmdb import LmdbDataset
 from mlip.data.structure import InvalidStructureError
-from mlip.training.datamodule import CACHE_DIR_NAME, ensure_lmdb
+from mlip.training.datamodule import CACHE_DIR_NAME, cache_path_for, ensure_lmdb
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
@@ -119,8 +119,9 @@ def _check(path: Path, must_fail: bool, frame: int | None, n_frames: int) -> Non
         cached = ensure_lmdb(path, {})
     except (InvalidStructureError, ValueError) as exc:
         assert rc == 1 and "\n" not in str(exc) and str(path) in str(exc)
-        cache = path.parent / CACHE_DIR_NAME
-        assert not cache.exists() or list(cache.iterdir()) == []
+        cache = cache_path_for(path, {})
+        assert not cache.exists() and not list(cache.parent.glob(cache.name + "*"))
+        assert not (path.parent / CACHE_DIR_NAME).exists()
     else:
         assert rc == 0 and len(LmdbDataset(cached)) >= 1
 

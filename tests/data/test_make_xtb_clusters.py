@@ -1,4 +1,4 @@
-"""tools/make_xtb_clusters.py: condensed-phase xTB frames of one molecule (issue 14 item 7)."""
+"""tools/make_xtb_clusters.py: condensed-phase xTB frames of one molecule."""
 
 from __future__ import annotations
 

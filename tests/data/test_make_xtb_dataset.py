@@ -1,4 +1,4 @@
-"""tools/make_xtb_dataset.py: the multi-molecule GFN2-xTB set (issue 13 item 3)."""
+"""tools/make_xtb_dataset.py: the multi-molecule GFN2-xTB set."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stable defaults (issue 14 item 6): the README's quickstart recipe, cut to two minutes of
+"""Stable defaults: the README's quickstart recipe, cut to two minutes of
 training, gives a model that runs 10 ps of NVE on acac with `mlip md`'s defaults (300 K,
 0.5 fs) without blowing up: no stop by the drift or temperature guards, a bounded
 temperature, total energy conserved to a few meV/atom and no collapsed contacts."""

@@ -1,4 +1,4 @@
-"""tools/make_box.py: rigid molecules packed without intermolecular contacts (issue 14 item 7)."""
+"""tools/make_box.py: rigid molecules packed without intermolecular contacts."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Extrapolation probes on small models trained with the package defaults (issue 16).
+"""Extrapolation probes on small models trained with the package defaults.
 
-Two models are trained through ``mlip.train`` on 60 bundled acac frames: one with the
-default energy expression (per-element constant shift, ZBL wall) and one with the legacy
-coordination baseline and no wall. The default model must pass every probe of
-:mod:`mlip.testing.extrapolation`; the legacy one must fail the torsion probe, which shows
-the probe can fail (it is the hole the issue measured on the benchmark models).
+A model is trained through ``mlip.train`` on 60 bundled acac frames with the default
+energy expression (per-element constant shift, ZBL wall); it must pass every probe of
+:mod:`mlip.testing.extrapolation` (the holes these probes look for were measured on the
+benchmark models, docs/history.md, "The energy expression").
 """
 
 from __future__ import annotations
@@ -46,12 +45,6 @@ def _train(tmp, bundled_acac, name, model_extra):
 @pytest.fixture(scope="module")
 def default_model(tmp_path_factory, bundled_acac):
     return _train(tmp_path_factory.mktemp("extrap"), bundled_acac, "default", {})
-
-
-@pytest.fixture(scope="module")
-def legacy_model(tmp_path_factory, bundled_acac):
-    return _train(tmp_path_factory.mktemp("extrap_legacy"), bundled_acac, "legacy",
-                  {"baseline": "coordination", "repulsion": None})
 
 
 def _lowest(frames):
@@ -132,15 +125,3 @@ def test_torsion_scans_stay_above_the_training_minimum(default_model):
     deepest = _deepest_torsion(model, frames)
     print(f"deepest torsion point vs training minimum: {deepest:+.3f} eV")
     assert deepest > -0.5
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-02: the 30-epoch legacy model stays 3.6 eV above the minimum (4.7 "
-    "with the learned shift correction; a "
-    "400-step one-cycle legacy model fell 5.3 eV below): whether the legacy form falls "
-    "into the hole depends on its training schedule, so this probe cannot catch it here"))
-def test_the_torsion_probe_catches_the_legacy_coordination_hole(legacy_model):
-    model, frames = legacy_model
-    deepest = _deepest_torsion(model, frames)
-    print(f"legacy: deepest torsion point vs training minimum: {deepest:+.3f} eV")
-    assert deepest < -1.0

@@ -113,13 +113,12 @@ def train_objective_only(bundled_acac, model, loss_fn, transform=None):
 def test_equivariance_objective_reduces_the_error(bundled_acac):
     """300 Adam steps (lr 2e-3 with cosine decay, batches of 5 of 30 acac frames) of the
     learned-equivariance objective alone: the force rotation error on 3 held-out frames must
-    fall by at least 1.5x. Measured 2026-12-02 for this seed: 1.168 before, 2.17x less after
-    with 1 thread, 2.07x with 2 (over seeds 0-5: 1.33x-2.58x). At a constant lr the ratio
-    after 300 steps swings between 0.9x and 2.9x with the seed and even the thread count
-    (1.75x vs 1.50x here), which made the old form of this test fail on 2 cores."""
+    fall by at least 1.2x (without the objective it stays where it is, 1.0x). The margin
+    comes from the spread over seeds, not from this seed: measured 2026-12-02 over seeds
+    0-5, 1.33x-2.58x (seed 0: 2.17x with 1 thread, 2.07x with 2)."""
     before, after = train_objective_only(bundled_acac, make_model(0), equivariance_loss)
     assert before > 1.0, before  # an untrained Transformer is far from equivariant
-    assert after < before / 1.5, (before, after)
+    assert after < before / 1.2, (before, after)
 
 
 def test_direct_force_head(frames):
@@ -201,13 +200,14 @@ def test_equivariance_weight_schedules():
 def test_contrastive_objective_with_learned_transform_reduces_the_error(bundled_acac):
     """The protocol of test_equivariance_objective_reduces_the_error with the contrastive
     (InfoNCE) loss and the learned T(R) (wigner_mix, trained jointly): the force rotation
-    error on 3 held-out frames must fall by at least 2.5x. Measured 2026-12-02, 1 thread,
-    seeds 0-3: 1.55x, 5.60x, 4.97x, 4.21x (this test: seed 2, 1.150 -> 0.231); the regression
-    form with the same T(R): 1.92x, 1.88x, 2.46x, 1.80x."""
+    error on 3 held-out frames must fall by at least 1.3x. Measured 2026-12-02, 1 thread,
+    seeds 0-3: 1.55x, 5.60x, 4.97x, 4.21x; this test runs seed 0, the weakest of them, with
+    a margin below the smallest (the regression form with the same T(R): 1.80x-2.46x)."""
     from mlip.training.symmetry import RotationTransform, contrastive_equivariance_loss
 
+    torch.manual_seed(0)
     transform = RotationTransform(8, 2, "wigner_mix")
-    before, after = train_objective_only(bundled_acac, make_model(2), contrastive_equivariance_loss,
+    before, after = train_objective_only(bundled_acac, make_model(0), contrastive_equivariance_loss,
                                          transform)
     assert before > 1.0, before
-    assert after < before / 2.5, (before, after)
+    assert after < before / 1.3, (before, after)

@@ -7,6 +7,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mlip.model.build import build_potential
 from mlip.model.io import load_model, save_model
@@ -73,10 +74,31 @@ def test_zero_on_every_bundled_training_frame(bundled_acac):
                           physics.predict(plain, frames)["energy"])
 
 
-def test_on_by_default_in_training_configs():
-    from mlip.training.config import DEFAULTS
+def test_on_by_default_in_training_configs(tmp_path):
+    """A run config that says nothing of repulsion trains a model with the wall: reference
+    distances from the training data, and two carbons well inside 0.5 x their shortest
+    training distance see the ZBL energy alone (a pair the data lacks gets the cutoff)."""
+    from mlip.training.config import load_config
+    from mlip.training.module import PotentialModule
 
-    assert DEFAULTS["model"]["repulsion"] == {"inner": 0.5, "outer": 0.85, "reference": "data"}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": "train.xyz"},
+                                    "model": {"dtype": "float64", "backbone": BACKBONE}}))
+    config = load_config(path)
+    info = {"atomic_numbers": [1, 6, 8], "e0s": [-13.6, -1029.0, -2041.0], "scale": 1.0,
+            "shift": 0.0, "cutoff": 5.0, "avg_num_neighbors": 12.0,
+            "closest_pairs": {"1-6": 0.95, "6-6": 1.30, "6-8": 1.15, "1-8": 0.90, "1-1": 1.6}}
+    m = PotentialModule(config, info).model
+    assert m.repulsion is not None
+    c, o = (int(m.species_of(torch.tensor([z]))) for z in (6, 8))
+    assert m.repulsion.pair_radii(c, c) == pytest.approx((0.5 * 1.30, 0.85 * 1.30), rel=1e-12)
+    assert m.repulsion.pair_radii(o, o) == pytest.approx((0.5 * 5.0, 0.85 * 5.0), rel=1e-12)
+    r = 0.4
+    dimer = ase.Atoms("CC", positions=[[0, 0, 0], [0, 0, r]])
+    zbl = float(zbl_pair_energy(torch.tensor([r], dtype=torch.float64), torch.tensor([6]),
+                                torch.tensor([6])))
+    expected = 2 * (-1029.0 + float(m.shift[c])) + zbl
+    assert physics.predict(m, [dimer])["energy"][0] == pytest.approx(expected, abs=1e-9)
 
 
 def test_inside_the_core_the_energy_is_zbl_alone():

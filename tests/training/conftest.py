@@ -11,8 +11,8 @@ import yaml
 
 @pytest.fixture
 def tiny_data(tiny, bundled_acac, tmp_path, monkeypatch) -> Path:
-    """``tmp_path`` (also the cwd) holding ``tiny/acac_20.xyz`` and ``acac/isolated_atoms.xyz``,
-    so the LMDB cache lands in tmp_path."""
+    """``tmp_path`` (also the cwd) holding ``tiny/acac_20.xyz`` and ``acac/isolated_atoms.xyz``
+    (their LMDB conversions go to the session's $MLIP_CACHE_DIR, not beside them)."""
     (tmp_path / "tiny").mkdir()
     (tmp_path / "acac").mkdir()
     (tmp_path / "tiny" / "acac_20.xyz").write_bytes((tiny / "acac_20.xyz").read_bytes())

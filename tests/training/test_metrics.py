@@ -1,4 +1,4 @@
-"""Training-time losses and metrics respect label masks (issue 14 item 8): a structure
+"""Training-time losses and metrics respect label masks: a structure
 without forces (or energy) contributes nothing to the force (energy) loss and MAE, whatever
 placeholder values its batch slots hold."""
 

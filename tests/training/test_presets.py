@@ -68,9 +68,10 @@ def test_switch_backbone_with_one_override_and_train(few_frames, name):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     preset = yaml.safe_load((CONFIGS / "backbone" / f"{name}.yaml").read_text())
     assert saved["model"]["backbone"]["class_path"] == preset["class_path"]
-    if name == "transip":  # the preset's training defaults reach the run
+    if name == "transip":  # the preset's training defaults reach the run ...
         assert saved["training"]["augment_rotations"] is True
-        assert saved["training"]["lr"] == 0.001
+        # ... except what the run config sets itself: quickstart.yaml's lr wins (precedence)
+        assert saved["training"]["lr"] == 0.02
 
 
 # --- precedence and merging (no training) ---------------------------------------------------

@@ -62,7 +62,7 @@ def test_best_checkpoint_is_chosen_within_stage_two(tiny_data, write_config):
 
 
 def test_unknown_element_in_validation_data_is_one_line(tiny_data, write_config, tiny, capsys):
-    """Issue 14 item 6: validation data with an element the training split lacks."""
+    """Validation data with an element the training split lacks."""
     cu = tiny_data / "cu.xyz"
     cu.write_bytes((tiny / "cu_emt_10.xyz").read_bytes())
     cfg = write_config(tiny_data, max_epochs=1)

@@ -53,6 +53,11 @@ def test_train_cli_writes_run_and_model_round_trips(tiny_data, write_config, cap
     assert main(["train", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "held-out force MAE on acac_20.xyz" in out
+    # Without a terminal: one line per epoch with the train and validation errors, in order.
+    lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(",")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"], out
+    assert all("train F MAE" in ln and "val F MAE" in ln and "elapsed" in ln for ln in lines)
+    assert "training stopped after 2 epochs" in out
     run = tiny_data / "runs" / "tiny"
     for rel in ("config.yaml", "model.pt", "summary.json", "checkpoints/last.ckpt",
                 "checkpoints/best.ckpt"):
@@ -98,11 +103,23 @@ def test_train_cli_writes_run_and_model_round_trips(tiny_data, write_config, cap
     assert result["e_mae"] == pytest.approx(1000 * np.abs(e_err).mean(), rel=1e-9)
     assert result["e_mae_per_atom"] == pytest.approx(1000 * np.abs(e_err / 15).mean(), rel=1e-9)
     assert (tiny_data / "plots" / "acac_20_forces.png").is_file()
+    # Training and evaluating wrote nothing beside the data file (caches: $MLIP_CACHE_DIR).
+    assert sorted(p.name for p in (tiny_data / "tiny").iterdir()) == ["acac_20.xyz"]
 
 
 def test_eval_energy_only_file(tiny_data, write_config, tiny, capsys):
     cfg = write_config(tiny_data, max_epochs=1)
     assert main(["train", "--config", str(cfg), "data.test=[]"]) == 0
+    # --overwrite replaces the earlier run (and says so); a folder without a run is kept.
+    (tiny_data / "runs" / "tiny" / "stale.txt").write_text("from the earlier run")
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "data.test=[]", "--overwrite"]) == 0
+    assert "replacing the earlier run" in capsys.readouterr().out
+    assert not (tiny_data / "runs" / "tiny" / "stale.txt").exists()
+    (tiny_data / "runs" / "tiny" / "config.yaml").unlink()
+    assert main(["train", "--config", str(cfg), "data.test=[]", "--overwrite"]) == 1
+    assert "holds no mlip run" in capsys.readouterr().err
+    assert (tiny_data / "runs" / "tiny" / "model.pt").exists()
     no_forces = tiny_data / "no_forces.xyz"
     no_forces.write_bytes((tiny / "no_forces.xyz").read_bytes())
     js = tiny_data / "e.json"
@@ -183,8 +200,9 @@ def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, caps
         # T(R) trained jointly (its zero-initialised last layer moved), kept out of model.pt
         state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         assert state["rotation_transform.net.2.weight"].abs().sum() > 0
-        exported = torch.load(run / "model.pt", weights_only=True)
-        assert "rotation_transform" not in repr(exported.keys() if isinstance(exported, dict) else exported)
+        exported = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+        assert exported and not any("rotation_transform" in k for k in exported), list(exported)
+        assert set(exported) == set(load_model(run / "model.pt").state_dict())
     capsys.readouterr()
     assert main(["md", "--compile", "none", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),
                  "--ensemble", "langevin", "--steps", "20", "--timestep", "0.25",

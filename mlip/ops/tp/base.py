@@ -113,7 +113,7 @@ class TensorProduct(nn.Module):
 # Traced for a graph compiler, the contraction over K <= _UNROLL_MAX terms is written as a
 # sum of K broadcast products, which inductor turns into one pointwise loop over
 # (..., Dout, C), where a batched matmul makes one small product per row. Measured on
-# compiled force calls (docs/benchmarks.md, issue 12 session 12): K = 4 (the Gaunt
+# compiled force calls (docs/history.md, Speed): K = 4 (the Gaunt
 # benchmark model's second layer) 413 -> 390 ms on the 960-atom acac box and 3.26 -> 3.07 ms
 # on one molecule; K = 15 (CG) slower, 618 -> 680 ms. Eager, the sum would make K passes
 # over memory, so eager keeps the matmul. Same result to rounding (tests/ops/test_tp.py).
@@ -154,7 +154,7 @@ def shared_product(x1: torch.Tensor, weight: torch.Tensor | None, factors: Share
     Channel-last (components before channels, channels contiguous) keeps the per-row
     work in long contiguous runs of C values: on the 960-atom acac box (45,544 edges x
     64 channels) the message product with its backward is 1.7x faster eager than in the
-    (..., C, D) layout, and inductor fuses it (docs/benchmarks.md, issue 12).
+    (..., C, D) layout, and inductor fuses it (docs/history.md, Speed).
 
     Args:
         x1: (..., D1, C).

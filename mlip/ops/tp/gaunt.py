@@ -124,7 +124,7 @@ class _GauntTensorProduct(TensorProduct):
     every channel then multiplies (``shared_operand="coupling"``, the default): the same
     product to float rounding, at D1 * Dout multiply-adds per channel instead of the
     subclass's transform to the grid or Fourier basis and back (252 vs 36 for the
-    (1, 2, 2) message of the benchmark models; measured in docs/benchmarks.md).
+    (1, 2, 2) message of the benchmark models; docs/benchmarks.md, Tensor products).
     ``shared_operand="native"`` keeps the subclass's own form for every input.
     """
 
