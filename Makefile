@@ -26,8 +26,11 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/mlip train --config configs/quickstart.yaml --overwrite
 
+# Two worker processes (pytest-xdist), one test file per worker at a time, so module-scoped
+# fixtures are built once; TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf checkpoints/quickstart data/acac/.mlip_cache .pytest_cache

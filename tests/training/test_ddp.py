@@ -4,6 +4,7 @@ simulated by its environment variables); a DDP checkpoint resumes in one process
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -81,6 +82,14 @@ def test_two_gloo_processes_match_one(tiny_data, write_config, tiny) -> None:
     # measured: 4.4e-16 (float64; only the order of the gradient all-reduce differs)
     print(f"DDP vs one process: max |dw| = {_max_difference(one, two):.2e}")
     assert _max_difference(one, two) < 1e-9
+    # metrics are reduced over both ranks (8 of the 16 training structures on each, all 20
+    # validation structures counted once), and only rank 0 writes the model and summary
+    run = tiny_data / "runs" / "two"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["last_metrics"]["train"]["structures"] == 16
+    assert summary["last_metrics"]["val"]["structures"] == 20
+    assert len(list((run / "checkpoints").glob("best*.ckpt"))) == 1
+    assert (run / "model.pt").is_file()
     # the same two processes started by torchrun, and by srun
     ddp = [*common, "data.batch_size=4", "training.devices=2", "training.strategy=ddp"]
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -71,3 +71,35 @@ def test_unknown_element_in_validation_data_is_one_line(tiny_data, write_config,
     assert err.count("\n") == 1, err
     assert f"{cu}: element(s) ['Cu'] are not in the training data" in err
     assert not any((tiny_data / "runs").rglob("*.ckpt"))
+
+
+def test_cosine_anneals_over_the_time_budget_when_it_binds(tmp_path):
+    """With a wall-time budget that binds before max_epochs, the cosine factor follows the
+    elapsed fraction of the budget (0.5 at half of it, 0 at its end); without one, or while
+    the epochs bind first, it follows epoch / max_epochs."""
+    import math
+    import time
+
+    import yaml
+
+    from mlip.training.config import load_config
+    from mlip.training.module import PotentialModule
+
+    backbone = {"class_path": "mlip.backbones.equivariant.EquivariantBackbone",
+                "init_args": {"channels": 4, "lmax_hidden": 1, "lmax_sh": 1, "correlation": 2,
+                              "num_layers": 1, "radial_hidden": 8}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": "train.xyz"}, "model": {"backbone": backbone},
+                                    "training": {"scheduler": "cosine", "max_epochs": 100,
+                                                 "max_time": "00:00:01:40"}}))
+    info = {"atomic_numbers": [1, 6], "e0s": [-13.6, -1029.0], "scale": 1.0, "shift": 0.0,
+            "cutoff": 4.0, "avg_num_neighbors": 8.0, "closest_pairs": {}}
+    module = PotentialModule(load_config(path), info)
+    assert module._cosine_factor(0) == 1.0
+    assert module._cosine_factor(50) == pytest.approx(0.5)  # not started: epochs only
+    module._fit_start = time.time() - 50.0  # half of the 100 s budget used, 10 epochs done
+    assert module._cosine_factor(10) == pytest.approx(0.5, abs=0.02)
+    module._fit_start = time.time() - 100.0
+    assert module._cosine_factor(10) == pytest.approx(0.0, abs=1e-9)
+    module._fit_start = time.time() - 10.0  # epochs bind first: 60 / 100
+    assert module._cosine_factor(60) == pytest.approx(0.5 * (1 + math.cos(0.6 * math.pi)), abs=0.02)
