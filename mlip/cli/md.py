@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="?", const="aot", default="aot", choices=("none", "aot", "inductor"),
                    help="compile the force function: aot (default: AOTInductor, built once per "
                         "model, about a minute on CPU, then loaded from the user cache folder in "
-                        "about a second; 1.4x / 2.7x faster on the 960-atom box / one molecule, "
+                        "about a second; 2.3x / 3.3x eager speed on the 960-atom box / one molecule, "
                         "docs/benchmarks.md), inductor (torch.compile, every run) or none (eager); "
                         "a failed compile warns once and runs eager")
     p.add_argument("--cuda-graphs", action="store_true",
