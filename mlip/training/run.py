@@ -106,7 +106,7 @@ def process_state_restored():
             del os.environ[key]
         for key, value in env.items():
             if os.environ.get(key) != value:
-                os.environ[key] = value
+                os.environ[key] = value  # intended: restores the caller's environment
         torch.set_num_threads(threads)
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
