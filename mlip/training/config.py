@@ -27,6 +27,18 @@ _Loader.add_implicit_resolver(
 )
 
 
+def max_time_seconds(max_time: str | None) -> float | None:
+    """``training.max_time`` ``"DD:HH:MM:SS"`` -> seconds (``None`` stays ``None``).
+
+    >>> max_time_seconds("00:01:02:03"), max_time_seconds(None)
+    (3723.0, None)
+    """
+    if not max_time:
+        return None
+    dd, hh, mm, ss = (int(x) for x in str(max_time).split(":"))
+    return float(((dd * 24 + hh) * 60 + mm) * 60 + ss)
+
+
 def parse_yaml(text_or_stream) -> Any:
     """Parse config YAML (safe: plain data only)."""
     return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass

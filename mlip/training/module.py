@@ -14,6 +14,7 @@ from mlip.data import keys
 from mlip.model.build import build_potential
 from mlip.model.potential import Potential
 from mlip.ops.rotations import random_rotations
+from mlip.training.config import max_time_seconds
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.metrics import metric_sums, summarize, weighted_loss
 from mlip.training.symmetry import (
@@ -83,10 +84,9 @@ class PotentialModule(L.LightningModule):
         max_time when a wall-time budget is set and binds first."""
         tc = self.config["training"]
         frac = self.current_epoch / max(1, tc["max_epochs"])
-        if tc["max_time"] and self._fit_start is not None:
-            dd, hh, mm, ss = (int(x) for x in str(tc["max_time"]).split(":"))
-            budget = ((dd * 24 + hh) * 60 + mm) * 60 + ss
-            frac = max(frac, (time.time() - self._fit_start) / max(budget, 1))
+        budget = max_time_seconds(tc["max_time"])
+        if budget and self._fit_start is not None:
+            frac = max(frac, (time.time() - self._fit_start) / max(budget, 1.0))
         return frac
 
     def _cosine_factor(self, epoch: int) -> float:

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlip.model.io import load_model, save_model
 from mlip.training.checkpoint_io import AtomicCheckpointIO
+from mlip.training.config import max_time_seconds
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
 from mlip.training.module import PotentialModule
@@ -30,14 +31,6 @@ from mlip.training.ranks import global_rank
 
 def run_dir_of(config: dict[str, Any]) -> Path:
     return Path(config["output_dir"]) / config["run_name"]
-
-
-def _seconds(max_time: str | None) -> float | None:
-    """``"DD:HH:MM:SS"`` -> seconds (``None`` stays ``None``)."""
-    if not max_time:
-        return None
-    dd, hh, mm, ss = (int(x) for x in str(max_time).split(":"))
-    return float(((dd * 24 + hh) * 60 + mm) * 60 + ss)
 
 
 def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -51,7 +44,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Mod
     progress_bar = bool(tc["enable_progress_bar"]) and sys.stdout.isatty()
     if not progress_bar:
         callbacks.append(EpochLines(max_epochs=tc["max_epochs"] if tc["max_epochs"] < 10**5 else None,
-                                    max_time=_seconds(tc["max_time"])))
+                                    max_time=max_time_seconds(tc["max_time"])))
     if tc["early_stopping_patience"]:
         callbacks.append(EarlyStopping("val/loss", patience=int(tc["early_stopping_patience"])))
     trainer = L.Trainer(
