@@ -5,6 +5,7 @@ The public API (imported lazily, so ``import mlip`` stays light):
 - :class:`Potential` (``mlip.model.potential``): the energy/force/stress model.
 - :func:`load_model` / :func:`save_model` (``mlip.model.io``): deployable model files,
   loaded with ``torch.load(weights_only=True)``.
+- :class:`ForceField` (``mlip.inference``): the inference engine every adapter drives.
 - :class:`MLIPCalculator` (``mlip.calculator``): the ASE calculator.
 - :func:`train` (``mlip.training.run``): a training run from a config dict or YAML file.
 - :func:`evaluate` (``mlip.training.evaluate``): errors of a model on a data file.
@@ -23,6 +24,7 @@ _PUBLIC = {
     "load_model": "mlip.model.io",
     "save_model": "mlip.model.io",
     "MLIPCalculator": "mlip.calculator",
+    "ForceField": "mlip.inference",
     "train": "mlip.training.run",
     "evaluate": "mlip.training.evaluate",
     "load_config": "mlip.training.config",

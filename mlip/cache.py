@@ -4,7 +4,7 @@
 ``cp/`` (fitted CP tensor-product factors), ``data/`` (LMDB conversions of the structure
 files that training and evaluation read; nothing is written beside them), ``statistics/``
 (training-split statistics of LMDB datasets the user gave: mlip never writes into those)
-and ``compiled/`` (compiled force paths, :mod:`mlip.model.compiled`).
+and ``compiled/`` (compiled force paths, :mod:`mlip.inference.compiled`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Resolve ``package.module.Class`` strings from configs (the one class resolver).
 
 Configs name backbones and tensor products by class path (STYLE habit 5); short names are
-aliases kept beside the classes they name (e.g. :data:`mlip.ops.tp.ALIASES`).
+aliases kept beside the classes they name (e.g. :func:`mlip.ops.tp.short_names`).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ import ctypes, ase, torch
 opened = []
 real_cdll = ctypes.CDLL
 ctypes.CDLL = lambda name, *a, **k: opened.append(name) or real_cdll(name, *a, **k)
-from mlip.calculator import MLIPCalculator, allocator
+from mlip.calculator import MLIPCalculator
+from mlip.cli import allocator
 from mlip.model.build import build_potential
 backbone = {"class_path": "mlip.backbones.equivariant.EquivariantBackbone",
             "init_args": {"channels": 4, "lmax_hidden": 1, "lmax_sh": 1, "correlation": 2}}

@@ -65,7 +65,7 @@ def calculator(args: argparse.Namespace):
         return MACECalculator(model_paths=args.model, device=args.device,
                               default_dtype=args.dtype), (BlewUp,)
     from mlip.calculator import AtomsTooCloseError, MLIPCalculator, NonFiniteOutputError
-    from mlip.calculator.allocator import tune_glibc_malloc
+    from mlip.cli.allocator import tune_glibc_malloc
     from mlip.model.io import load_model
 
     if not args.no_malloc_tuning:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_md import SHARED, quickstart_model  # noqa: E402
 
 from mlip.calculator import MLIPCalculator  # noqa: E402
-from mlip.calculator.allocator import tune_glibc_malloc  # noqa: E402
+from mlip.cli.allocator import tune_glibc_malloc  # noqa: E402
 
 
 def best_call_ms(atoms, model, calls: int, compile_: str) -> float:

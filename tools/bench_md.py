@@ -53,11 +53,13 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from mlip.calculator import MLIPCalculator
-from mlip.calculator.allocator import tune_glibc_malloc
+from mlip.cli.allocator import tune_glibc_malloc
+from mlip.data.structure import Structure
 from mlip.graph.build import atoms_to_batch
+from mlip.graph.stats import shortest_pair_distances
 from mlip.md.ase_driver import MDSettings
 from mlip.md.replicas import run_replicas
-from mlip.model.build import build_potential
+from mlip.model.build import ModelStatistics, build_model
 from mlip.model.io import load_model
 from mlip.training.config import load_config
 from mlip.training.metrics import weighted_loss
@@ -80,15 +82,13 @@ def quickstart_model(frames: list[ase.Atoms], isolated: list[ase.Atoms], steps: 
     inter = np.mean([(a.get_potential_energy() - sum(e_iso[int(z)] for z in a.numbers)) / len(a)
                      for a in frames])
     torch.manual_seed(0)
-    model = build_potential(config["model"], elements, [e_iso[z] + inter for z in elements], 1.0, 0.0,
-                            config["data"]["cutoff"], 12.0)
-    if model.repulsion is not None and model.repulsion.reference == "data":
-        from mlip.data.structure import Structure
-        from mlip.graph.stats import shortest_pair_distances
-
-        structures = [Structure(numbers=a.numbers, positions=a.positions, cell=a.cell.array,
-                                pbc=a.pbc) for a in frames]
-        model.repulsion.set_reference(shortest_pair_distances(structures, model.cutoff), model.cutoff)
+    structures = [Structure(numbers=a.numbers, positions=a.positions, cell=a.cell.array, pbc=a.pbc)
+                  for a in frames]
+    cutoff = config["data"]["cutoff"]
+    pairs = {f"{a}-{b}": d for (a, b), d in shortest_pair_distances(structures, cutoff).items()}
+    statistics = ModelStatistics(tuple(elements), tuple(e_iso[z] + inter for z in elements), 1.0, 0.0,
+                                 cutoff, 12.0, pairs)
+    model = build_model({**config["model"], "dtype": "float32"}, statistics)
     batches = [atoms_to_batch(frames[k:k + 2], model.cutoff, dtype=torch.float32)
                for k in range(0, len(frames), 2)]
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -173,10 +173,10 @@ def time_replicas(atoms: ase.Atoms, model, k: int, steps: int, compile_: str,
     calc = bench_calculator(model, compile_)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=5, progress=False)
     t = time.perf_counter()
-    run_replicas(calc, atoms, settings, k)  # warm-up (and compilation)
+    run_replicas(calc.engine, atoms, settings, k)  # warm-up (and compilation)
     warmup_s = time.perf_counter() - t
     settings.steps = steps
-    rates = [run_replicas(calc, atoms, settings, k)["steps_per_second"] for _ in range(repeats)]
+    rates = [run_replicas(calc.engine, atoms, settings, k)["steps_per_second"] for _ in range(repeats)]
     return {**spread(rates, k * len(atoms)), "ms_nl": float("nan"),
             "ms_model": float("nan"), "ms_other": float("nan"),
             "builds_per_100": float("nan"), "warmup_s": warmup_s,

@@ -157,9 +157,9 @@ def training_throughput(folder: Path, structures: int, threads: int, **batching)
     name = "_".join(f"{k}{v}" for k, v in batching.items())
     cmd = [sys.executable, "-m", "mlip", "train", "--config", str(ROOT / "configs/quickstart.yaml"),
            f"data.train=[{folder}]", "data.val_size=64", f"data.max_train={structures}",
-           "data.test=[]", "data.e0s=least_squares", "training.max_epochs=1",
-           "training.max_time=null", f"training.threads={threads}",
-           "training.enable_progress_bar=false", f"output_dir={run}", f"run_name={name}",
+           "data.test=[]", "data.e0s=least_squares", "training.schedule.max_epochs=1",
+           "training.schedule.max_time=null", f"training.trainer.threads={threads}",
+           "training.trainer.enable_progress_bar=false", f"output_dir={run}", f"run_name={name}",
            *(f"data.{k}={v}" for k, v in batching.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:

@@ -32,14 +32,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output (default: <run>/bench.json)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = list(args.overrides) + [f"training.threads={args.threads}",
-                                        "training.enable_progress_bar=false"]
+    overrides = list(args.overrides) + [f"training.trainer.threads={args.threads}",
+                                        "training.trainer.enable_progress_bar=false"]
     if args.max_time:
-        overrides.append(f"training.max_time={args.max_time}")
+        overrides.append(f"training.schedule.max_time={args.max_time}")
         if args.max_epochs is None:
-            overrides.append("training.max_epochs=100000")
+            overrides.append("training.schedule.max_epochs=100000")
     if args.max_epochs is not None:
-        overrides.append(f"training.max_epochs={args.max_epochs}")
+        overrides.append(f"training.schedule.max_epochs={args.max_epochs}")
     if args.run_name:
         overrides.append(f"run_name={args.run_name}")
     config = load_config(args.config, overrides)

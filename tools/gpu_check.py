@@ -159,9 +159,9 @@ def main() -> None:
     def replica_row(mode: str) -> dict:
         calc = calculator(model, device, mode)
         settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=2, progress=False)
-        run_replicas(calc, frames[0], settings, args.replicas)
+        run_replicas(calc.engine, frames[0], settings, args.replicas)
         settings.steps = args.steps
-        out = run_replicas(calc, frames[0], settings, args.replicas)
+        out = run_replicas(calc.engine, frames[0], settings, args.replicas)
         row = {"replicas": args.replicas, "mode": mode, "steps_per_s": out["steps_per_second"],
                "atom_steps_per_s": out["steps_per_second"] * args.replicas * len(frames[0])}
         if calc.graphs is not None:

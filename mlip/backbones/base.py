@@ -16,7 +16,8 @@ Returns a dict with:
     NODE_ENERGIES (N,): required, per-atom energies before scale/shift (the model dtype).
     NODE_FEATURES (N, F): optional invariant features (``outputs.node_features = F``).
     EQUIVARIANT_EMBEDDING (N, C, (L+1)^2): optional, in the SH layout of :mod:`mlip.ops.sh`
-        (``outputs.embedding_lmax = L``); what a learned-equivariance objective acts on.
+        (``outputs.embedding_lmax = L``, ``outputs.embedding_channels = C``); what a
+        learned-equivariance objective acts on.
     DIRECT_FORCES (N, 3): optional force head in units of the model's scale
         (``outputs.direct_forces = True``); the Potential then uses it instead of -dE/dr,
         which is NOT energy-conserving.
@@ -47,11 +48,13 @@ class BackboneOutputs:
     Attributes:
         node_features: width F of NODE_FEATURES, or None.
         embedding_lmax: degree L of EQUIVARIANT_EMBEDDING, or None when there is none.
+        embedding_channels: channels C of EQUIVARIANT_EMBEDDING, or None when there is none.
         direct_forces: whether DIRECT_FORCES is returned (and used instead of -dE/dr).
     """
 
     node_features: int | None = None
     embedding_lmax: int | None = None
+    embedding_channels: int | None = None
     direct_forces: bool = False
 
 

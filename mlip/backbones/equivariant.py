@@ -129,11 +129,10 @@ class InteractionLayer(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         inv_avg_neighbors: torch.Tensor,
-        mirrored: bool = False,
         radial_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``edge_radial`` covers the first half of the edges when ``mirrored`` (edge H + k
-        is edge k reversed, same length), else every edge. ``radial_out``: the radial
+        """``edge_radial`` covers the first half of the edges (in mirrored order, edge
+        H + k is edge k reversed, same length; see :mod:`mlip.data.keys`). ``radial_out``: the radial
         network's output (:meth:`radial_output`) for those edges when already computed (a
         tabulated network); ``edge_radial`` is then not used."""
         n, c, w = h.shape[0], h.shape[1], self.message_tp.weight_numel
@@ -145,15 +144,13 @@ class InteractionLayer(nn.Module):
             # Per-edge work channel-last, (E, D, C): the weights come out of the radial MLP
             # as (E, W, C), sender features are gathered as (E, D1, C) rows.
             weight = radial_out.view(-1, w, c)
-            if mirrored:
-                weight = torch.cat([weight, weight])
+            weight = torch.cat([weight, weight])
             x = h_up.transpose(1, 2).contiguous()[sender]
             message = shared_product(x, weight, factors)
             a = scatter_sum(message, receiver, n).transpose(1, 2)
         else:
             weight = radial_out.view(-1, c, w)
-            if mirrored:
-                weight = torch.cat([weight, weight])
+            weight = torch.cat([weight, weight])
             message = self.message_tp(h_up[sender], edge_sh.unsqueeze(1), weight)
             a = scatter_sum(message, receiver, n)
         a = self.linear_message(a * inv_avg_neighbors)
@@ -179,7 +176,7 @@ class EquivariantBackbone(Backbone):
         polynomial_p: smoothness exponent of the cutoff envelope.
         avg_num_neighbors: neighbour-sum normaliser (a dataset statistic).
         tensor_product: class path of the TensorProduct implementation, or a short name
-            (cg, gaunt-grid, gaunt-fourier, cp; see :data:`mlip.ops.tp.ALIASES`).
+            (cg, gaunt-grid, gaunt-fourier, cp; see :func:`mlip.ops.tp.short_names`).
         tensor_product_args: extra keyword arguments for it.
 
     Input batch keys: SPECIES, EDGE_INDEX, EDGE_VECTORS. Output: NODE_ENERGIES (N,),
@@ -264,11 +261,10 @@ class EquivariantBackbone(Backbone):
         elements = torch.arange(self.embedding.shape[0], device=species.device)
         onehot = (species.unsqueeze(-1) == elements).to(vectors.dtype)
         edge_sh = spherical_harmonics(vectors, self.lmax_sh)
-        # Mirrored edges (keys.EDGE_MIRRORED): the radial network, the largest per-edge cost
-        # (an (E, 64) x (64, C W) product and its backward per layer), runs on one
-        # direction of each pair; the layers copy its output to the reverse edges.
-        mirrored = keys.EDGE_MIRRORED in data
-        radial_edges = lengths.shape[0] // 2 if mirrored else lengths.shape[0]
+        # Mirrored edges (an invariant of every batch, mlip.data.keys): the radial network,
+        # the largest per-edge cost (an (E, 64) x (64, C W) product and its backward per
+        # layer), runs on one direction of each pair; the layers copy it to the reverse edges.
+        radial_edges = lengths.shape[0] // 2
         if self.radial_table is None:
             edge_radial = self.radial_embedding(lengths[:radial_edges])
             if keys.EDGE_WEIGHTS in data:  # the radial MLP is bias-free: weight 0, no message
@@ -283,7 +279,6 @@ class EquivariantBackbone(Backbone):
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
         for layer, readout, radial_out in zip(self.layers, self.readouts, radial_outs, strict=True):
-            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, mirrored,
-                      radial_out)
+            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, radial_out)
             energy = energy + readout(h[:, :, 0]).squeeze(-1)
         return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h[:, :, 0]}

@@ -151,6 +151,7 @@ class TransIPBackbone(Backbone):
     @property
     def outputs(self) -> BackboneOutputs:
         return BackboneOutputs(node_features=self.width, embedding_lmax=self.embedding_lmax,
+                               embedding_channels=self.embedding_channels,
                                direct_forces=self.force_head is not None)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

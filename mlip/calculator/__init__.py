@@ -1,6 +1,6 @@
-"""ASE calculator for mlip models."""
+"""The ASE calculator under its short import path (the class lives in :mod:`mlip.integrations.ase`)."""
 
-from mlip.calculator.calculator import (
+from mlip.integrations.ase import (
     AtomsTooCloseError,
     MLIPCalculator,
     NonFiniteOutputError,

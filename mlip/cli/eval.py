@@ -33,9 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mlip.model.io import load_model
+    from mlip.inference.engine import ForceField
     from mlip.training.evaluate import (
         equivariance_errors,
         evaluate_file,
@@ -43,12 +41,8 @@ def run(args: argparse.Namespace) -> int:
         format_table,
     )
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model = load_model(args.model, device=device,
-                           dtype=getattr(torch, args.dtype) if args.dtype else None)
+        engine = ForceField(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     mapping = {"energy_key": args.energy_key, "forces_key": args.forces_key,
@@ -56,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for path in args.files:
         try:
-            results.append(evaluate_file(model, path, args.batch_size, mapping,
-                                         keep_predictions=bool(args.plots), compile=args.compile,
+            results.append(evaluate_file(engine, path, args.batch_size, mapping,
+                                         keep_predictions=bool(args.plots),
                                          progress=sys.stderr.isatty()))
         except (FileNotFoundError, ValueError) as err:
             raise CliError(f"{path}: {err}") from err
@@ -71,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         r.pop("predictions", None)
     if args.equivariance:
-        symmetry = [equivariance_errors(model, path, args.rotations, args.max_structures,
+        symmetry = [equivariance_errors(engine.model, path, args.rotations, args.max_structures,
                                         key_mapping=mapping) for path in args.files]
         print(format_equivariance(symmetry))
         for r, sym in zip(results, symmetry, strict=True):

@@ -73,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     import ase.io
     import torch
 
-    from mlip.calculator import MLIPCalculator
+    from mlip.inference.engine import ForceField
+    from mlip.integrations.ase import MLIPCalculator
     from mlip.md.ase_driver import MDInstabilityError, MDSettings, run_md
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.no_malloc_tuning:  # this CLI process only: see mlip.calculator.allocator
-        from mlip.calculator.allocator import tune_glibc_malloc
+    if not args.no_malloc_tuning:  # this CLI process only: see mlip.cli.allocator
+        from mlip.cli.allocator import tune_glibc_malloc
 
         tune_glibc_malloc()
     checks = {"--steps": args.steps >= 0, "--log-every": args.log_every >= 1,
@@ -96,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read frame {args.frame_index} of {args.structure}: {err}") from err
     atoms.calc = None
     try:
-        calc = MLIPCalculator(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
-                              min_distance=args.min_distance or None, compile=args.compile,
-                              cuda_graphs=args.cuda_graphs)
+        engine = ForceField(args.model, device=args.device, dtype=args.dtype, skin=args.skin,
+                            min_distance=args.min_distance or None, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise CliError(f"cannot load model {args.model}: {err}") from err
     settings = MDSettings(
@@ -112,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
         if args.replicas > 1:
             from mlip.md.replicas import run_replicas
 
-            summary = run_replicas(calc, atoms, settings, args.replicas)
+            summary = run_replicas(engine, atoms, settings, args.replicas)
         else:
-            atoms.calc = calc
+            atoms.calc = MLIPCalculator(engine)
             summary = run_md(atoms, settings)
     except MDInstabilityError as err:
         raise CliError(str(err)) from err
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         f"; trajectories {args.out} with _r<i> suffixes" if args.out else "")
     print(
         f"mlip md: {summary['steps']} {args.ensemble} steps of {summary['atoms']} atoms{copies} "
-        f"on {calc.device.type} in {summary['seconds']:.1f} s: {summary['steps_per_second']:.2f} "
+        f"on {engine.device.type} in {summary['seconds']:.1f} s: {summary['steps_per_second']:.2f} "
         f"steps/s, {summary['steps_per_second'] * summary['atoms'] * args.replicas:.0f} atom-steps/s, "
         f"{summary['ns_per_day']:.3f} ns/day; final T {summary['final_temperature_K']:.0f} K"
         f"{where}"

@@ -2,14 +2,13 @@
 dataset: one LMDB file, or a folder of LMDB shards with a manifest (``shard_size``), in one
 streaming pass, optionally with several worker processes.
 
-Work is cut into units: a row range of an ASE-LMDB file (random access) or a whole file of
-another format. Each unit is read, validated and written by one process; units are put
-together in input order, so the output does not depend on the number of workers."""
+Work is cut into units (:mod:`mlip.data.convert_work`): a row range of an ASE-LMDB file
+(random access) or a whole file of another format. Each unit is read, validated and written
+by one process; here units are put together in input order, so the output does not depend
+on the number of workers."""
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
 import shutil
 import time
@@ -22,22 +21,29 @@ from tqdm import tqdm
 
 from mlip import __version__
 from mlip.cache import process_alive
-from mlip.data.aselmdb import AseLmdbError, AseLmdbFile, expand_inputs, is_aselmdb
-from mlip.data.labels import LabelCheck, LabelKeyError
-from mlip.data.lmdb import INITIAL_MAP_SIZE, LmdbDataset, LmdbWriter
-from mlip.data.readers import FrameReadError, atoms_to_structure, iter_atoms
+from mlip.data.aselmdb import expand_inputs
+from mlip.data.convert_work import (
+    ERRORS,
+    ConvertOptions,
+    DirectSink,
+    UnitResult,
+    check_labels,
+    plan_units,
+    read_unit,
+    run_units,
+)
+from mlip.data.lmdb import UNITS, LmdbDataset
+from mlip.data.lmdb_writer import INITIAL_MAP_SIZE, LmdbWriter
 from mlip.data.shards import FORMAT_NAME, SCHEMA_VERSION, shard_name, write_manifest
 from mlip.data.stats import (
     DatasetStatistics,
     DatasetSummary,
-    MissingE0Error,
     NeighborCounter,
     PairDistances,
     StatisticsAccumulator,
     e0s_from_file,
     statistics_key,
 )
-from mlip.data.structure import InvalidStructureError, Structure
 
 
 @dataclass
@@ -80,190 +86,6 @@ class ConvertReport:
             f"wrote {self.written} frames to {where}, skipped {self.skipped}, "
             f"elements {elements}, {self.seconds:.2f} s, {self.frames_per_second:.0f} frames/s"
         )
-
-
-@dataclass(frozen=True)
-class _Options:
-    keys: dict[str, str | None]
-    skip_invalid: bool
-    allow_missing: bool
-    e0s: dict[int, float] | None
-    e0_source: str
-    cutoff: float | None
-    neighbor_counter: NeighborCounter | None
-    pair_distances: PairDistances | None
-    statistics: bool
-    map_size: int
-
-    def accumulator(self) -> StatisticsAccumulator | None:
-        if not self.statistics:
-            return None
-        return StatisticsAccumulator(
-            e0s=self.e0s, cutoff=self.cutoff, neighbor_counter=self.neighbor_counter,
-            e0_source=self.e0_source, pair_distances=self.pair_distances,
-        )
-
-
-@dataclass(frozen=True)
-class _Unit:
-    index: int
-    path: str
-    start: int = 0
-    stop: int | None = None  # None: to the end of the file
-
-
-@dataclass
-class _Part:
-    """One LMDB a unit wrote (a shard, or a piece of a single output)."""
-
-    file: str
-    count: int
-    summary: DatasetSummary
-    statistics_state: dict[str, Any] | None
-
-
-@dataclass
-class _UnitResult:
-    unit: _Unit
-    parts: list[_Part] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    labels: LabelCheck | None = None
-    error: tuple[str, str] | None = None  # (kind, one-line message)
-
-
-class _PartSink:
-    """Writes a unit's structures into part files, a new one every ``shard_size``."""
-
-    def __init__(self, folder: str, unit: _Unit, options: _Options, shard_size: int | None) -> None:
-        self.folder, self.unit, self.options, self.shard_size = folder, unit, options, shard_size
-        self.parts: list[_Part] = []
-        self.writer: LmdbWriter | None = None
-        self.stats: StatisticsAccumulator | None = None
-
-    def add(self, structure: Structure) -> None:
-        if self.writer is None:
-            name = os.path.join(self.folder, f"unit{self.unit.index:07d}-{len(self.parts):05d}.lmdb")
-            self.writer = LmdbWriter(name, key_mapping=self.options.keys, sources=[self.unit.path],
-                                     map_size=self.options.map_size).__enter__()
-            self.stats = self.options.accumulator()
-        self.writer.add(structure)
-        if self.stats is not None:
-            self.stats.add(structure)
-        if self.shard_size is not None and len(self.writer) >= self.shard_size:
-            self.close()
-
-    def close(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is None:
-            return
-        writer.__exit__(None, None, None)
-        state = None if self.stats is None else self.stats.state()
-        self.parts.append(_Part(writer.path, len(writer), writer.summary, state))
-
-    def abort(self, exc: BaseException) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            writer.__exit__(type(exc), exc, None)
-
-
-class _DirectSink:
-    """Writes straight into the final single output (one process, no copy)."""
-
-    def __init__(self, writer: LmdbWriter, stats: StatisticsAccumulator | None) -> None:
-        self.writer, self.stats = writer, stats
-
-    def add(self, structure: Structure) -> None:
-        self.writer.add(structure)
-        if self.stats is not None:
-            self.stats.add(structure)
-
-
-def _read_unit(unit: _Unit, options: _Options, sink: Any, result: _UnitResult,
-               tick: Callable[[], None]) -> None:
-    """Stream the frames of one unit through validation and the label check into ``sink``."""
-    keys = options.keys
-    labels = result.labels = LabelCheck(unit.path, keys, options.allow_missing)
-    frames = iter_atoms(unit.path, start=unit.start)
-    while True:
-        try:
-            frame, atoms = next(frames)
-            if unit.stop is not None and frame >= unit.stop:
-                break
-            structure = atoms_to_structure(atoms, unit.path, frame, *keys.values()).validate()
-            labels.see(structure, atoms)
-        except StopIteration:
-            break
-        except InvalidStructureError as err:
-            if not options.skip_invalid:
-                raise
-            result.skipped.append(str(err))
-            if isinstance(err, FrameReadError):
-                if not err.can_continue:
-                    break  # the reader cannot go past a frame it failed to parse
-                if unit.stop is not None and err.frame + 1 >= unit.stop:
-                    break
-                frames = iter_atoms(unit.path, start=err.frame + 1)
-            continue
-        sink.add(structure)
-        tick()
-
-
-_ERRORS: dict[str, type[Exception]] = {
-    "InvalidStructureError": InvalidStructureError,
-    "FrameReadError": InvalidStructureError,
-    "LabelKeyError": LabelKeyError,
-    "MissingE0Error": MissingE0Error,
-    "FileNotFoundError": FileNotFoundError,
-    "ValueError": ValueError,
-}
-_COUNTER: Any = None  # frames converted, shared with the workers (set by _init_worker)
-
-
-def _init_worker(counter: Any) -> None:
-    global _COUNTER
-    _COUNTER = counter
-
-
-def _tick_shared() -> None:
-    with _COUNTER.get_lock():
-        _COUNTER.value += 1
-
-
-def _run_unit(args: tuple[_Unit, _Options, str, int | None],
-              tick: Callable[[], Any] | None = None) -> _UnitResult:
-    """A worker's job: convert one unit into part files (errors come back as text)."""
-    unit, options, folder, shard_size = args
-    result = _UnitResult(unit)
-    sink = _PartSink(folder, unit, options, shard_size)
-    try:
-        _read_unit(unit, options, sink, result, tick or _tick_shared)
-        sink.close()
-    except (InvalidStructureError, LabelKeyError, MissingE0Error, ValueError, FileNotFoundError) as err:
-        sink.abort(err)
-        result.error = (type(err).__name__, str(err))
-    except BaseException as err:
-        sink.abort(err)
-        raise
-    result.parts = sink.parts
-    return result
-
-
-def _plan(inputs: list[str], shard_size: int | None, workers: int) -> list[_Unit]:
-    """Cut the inputs into units: row ranges of ASE-LMDB files, whole other files."""
-    units: list[_Unit] = []
-    for path in inputs:
-        if not is_aselmdb(path):
-            units.append(_Unit(len(units), path))
-            continue
-        try:
-            with AseLmdbFile(path) as db:
-                n = len(db)
-        except AseLmdbError as err:
-            raise FrameReadError(path, 0, str(err).removeprefix(f"{path}: ")) from None
-        step = shard_size or max(1000, math.ceil(n / (4 * workers)))
-        for start in range(0, max(n, 1), step):
-            units.append(_Unit(len(units), path, start, start + step))
-    return units
 
 
 def _remove_stale(path: str) -> None:
@@ -368,7 +190,7 @@ def convert(
     parent = os.path.dirname(output) or "."
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"output directory {parent} does not exist")
-    options = _Options(
+    options = ConvertOptions(
         keys={"energy": energy_key, "forces": forces_key, "stress": stress_key},
         skip_invalid=skip_invalid,
         allow_missing=allow_missing_labels,
@@ -380,7 +202,7 @@ def convert(
         statistics=cutoff is not None or e0s_file is not None,
         map_size=map_size,
     )
-    units = _plan(inputs, shard_size, workers)
+    units = plan_units(inputs, shard_size, workers)
     stats_name = statistics_key("all", cutoff) if options.statistics else None
     bar = tqdm(desc="converting", unit=" frames", disable=None if progress else True)
     with bar:
@@ -409,20 +231,6 @@ def convert(
     )
 
 
-def _check_labels(results: list[_UnitResult]) -> None:
-    """The label rules across the units of each file, then the explicit-key check."""
-    by_file: dict[str, LabelCheck] = {}
-    for result in results:
-        assert result.labels is not None
-        path = result.unit.path
-        if path not in by_file:
-            by_file[path] = result.labels
-        else:
-            by_file[path].absorb(result.labels)
-    for check in by_file.values():
-        check.finish()
-
-
 def _convert_direct(units, options, output, overwrite, inputs, stats_name, bar, on_skip):
     """One process, one output file: frames go straight into it."""
     stats = options.accumulator()
@@ -432,57 +240,20 @@ def _convert_direct(units, options, output, overwrite, inputs, stats_name, bar, 
     with writer:
         results = []
         for unit in units:
-            result = _UnitResult(unit)
-            _read_unit(unit, options, _DirectSink(writer, stats), result, bar.update)
+            result = UnitResult(unit)
+            read_unit(unit, options, DirectSink(writer, stats), result, bar.update)
             for message in result.skipped:
                 if on_skip is not None:
                     on_skip(message)
             skipped += len(result.skipped)
             results.append(result)
-        _check_labels(results)
+        check_labels(results)
         if len(writer) == 0:
             raise ValueError(f"{', '.join(inputs)}: no valid frames; nothing written")
         statistics = None if stats is None else stats.finalize()
         if statistics is not None:
             writer.set_metadata(stats_name, statistics.to_dict())
     return writer.summary, skipped, statistics
-
-
-def _run_all(units, options, folder, shard_size, workers, bar) -> list[_UnitResult]:
-    """Run the units (in a pool when ``workers > 1``), results in unit order; stops at
-    the first unit that fails."""
-    jobs = [(u, options, folder, shard_size) for u in units]
-    if workers == 1 or len(units) == 1:
-        results = []
-        for job in jobs:
-            result = _run_unit(job, tick=bar.update)
-            results.append(result)
-            if result.error is not None:
-                break
-        return results
-    context = multiprocessing.get_context()
-    counter = context.Value("q", 0)
-    with context.Pool(min(workers, len(units)), initializer=_init_worker, initargs=(counter,)) as pool:
-        pending = pool.imap(_run_unit, jobs)
-        results = []
-        shown = 0
-        while len(results) < len(jobs):
-            try:
-                result = pending.next(timeout=0.2)
-            except multiprocessing.TimeoutError:
-                result = None
-            if counter.value > shown:
-                bar.update(counter.value - shown)
-                shown = counter.value
-            if result is None:
-                continue
-            results.append(result)
-            if result.error is not None:
-                pool.terminate()
-                break
-        if counter.value > shown:
-            bar.update(counter.value - shown)
-    return results
 
 
 def _convert_parts(units, options, output, overwrite, inputs, stats_name, bar, on_skip,
@@ -495,7 +266,7 @@ def _convert_parts(units, options, output, overwrite, inputs, stats_name, bar, o
     shutil.rmtree(folder, ignore_errors=True)
     os.mkdir(folder)
     try:
-        results = _run_all(units, options, folder, shard_size, workers, bar)
+        results = run_units(units, options, folder, shard_size, workers, bar)
         skipped = 0
         for result in results:
             for message in result.skipped:
@@ -504,8 +275,8 @@ def _convert_parts(units, options, output, overwrite, inputs, stats_name, bar, o
             skipped += len(result.skipped)
             if result.error is not None:
                 kind, message = result.error
-                raise _ERRORS.get(kind, ValueError)(message)
-        _check_labels(results)
+                raise ERRORS.get(kind, ValueError)(message)
+        check_labels(results)
         parts = [p for r in results for p in r.parts]
         summary = DatasetSummary()
         for part in parts:
@@ -529,9 +300,7 @@ def _convert_parts(units, options, output, overwrite, inputs, stats_name, bar, o
     return summary, skipped, statistics, len(parts) if sharded else 0
 
 
-def _header(summary: DatasetSummary, options: _Options, inputs: list[str]) -> dict[str, Any]:
-    from mlip.data.lmdb import UNITS
-
+def _header(summary: DatasetSummary, options: ConvertOptions, inputs: list[str]) -> dict[str, Any]:
     header: dict[str, Any] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
     header.update(summary.to_dict())
     header["units"] = dict(UNITS)

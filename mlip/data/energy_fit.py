@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mlip.data.structure import Structure
-
-_MAX_Z = 119  # rows/columns of the normal equations: Z = 0 .. 118
+from mlip.data.structure import MAX_Z, Structure
 
 
 class NormalEquations:
@@ -29,16 +27,16 @@ class NormalEquations:
     """
 
     _VECTORS = ("ate", "atn", "an", "aen2")
-    _MATRICES = ("ata", "aan2")
+    _MATRICES = ("ata", "aan2")  # vectors and matrices indexed by Z = 0 .. MAX_Z
 
     def __init__(self) -> None:
         self.count = 0
         self.shift: float | None = None
         self.en = self.e2n2 = 0.0
         for name in self._VECTORS:
-            setattr(self, name, np.zeros(_MAX_Z))
+            setattr(self, name, np.zeros(MAX_Z + 1))
         for name in self._MATRICES:
-            setattr(self, name, np.zeros((_MAX_Z, _MAX_Z)))
+            setattr(self, name, np.zeros((MAX_Z + 1, MAX_Z + 1)))
 
     def add(self, s: Structure) -> None:
         assert s.energy is not None

@@ -4,6 +4,19 @@ A batch is a ``dict[str, Tensor]``. Shapes use ``N`` for atoms in the batch, ``E
 edges and ``B`` for structures. Edges are directed: ``edge_index[0]`` is the sender ``j``,
 ``edge_index[1]`` the receiver ``i``, and the edge vector is
 ``pos[j] - pos[i] + cell_shifts @ cell[batch[i]]`` (pointing from ``i`` to ``j``).
+
+Every key is classified where it is defined (:data:`NODE_KEYS`, :data:`EDGE_KEYS`,
+:data:`GRAPH_KEYS`; :func:`kind`): batching concatenates by it and the fixed-shape
+neighbour list drops its ghost rows by it, so a new key must be added to one of the sets.
+
+Mirrored edge order is an invariant of every batch the model receives (not a flag in it):
+with ``H = E / 2``, edge ``H + k`` is edge ``k`` reversed (sender and receiver swapped,
+cell shift negated), across the whole batch. Every producer keeps it: the neighbour lists
+(:func:`mlip.graph.neighbors.mirror_order`), :func:`mlip.graph.build.collate` (all first
+halves, then all second halves), the skin list's cutoff filter (one decision per pair) and
+its fixed-shape padding (ghost pairs). A model may therefore evaluate functions of
+``|r_ij|`` on the first half only; a batch built elsewhere must be put in this order
+(:func:`mlip.graph.neighbors.mirror_order` per structure, then ``collate``).
 """
 
 from __future__ import annotations
@@ -22,9 +35,6 @@ CELL_SHIFTS = "cell_shifts"  # (E, 3) float | integer image shifts of the sender
 EDGE_VECTORS = "edge_vectors"  # (E, 3) float | pos[j] - pos[i] + shift @ cell [Å]
 EDGE_LENGTHS = "edge_lengths"  # (E,) float | |edge_vectors| [Å]
 EDGE_WEIGHTS = "edge_weights"  # (E,) float | weight of each edge in the learned part: 1, -> 0 inside the ZBL core [1]
-# Present (any value) when edge H + k is edge k reversed, H = E / 2 (mlip.graph.neighbors.mirror_order):
-# a model may then evaluate functions of |r_ij| on the first half only.
-EDGE_MIRRORED = "edge_mirrored"  # (B,) bool | marker, True per structure
 
 # --- per structure (graph) ----------------------------------------------------------
 CELL = "cell"  # (B, 3, 3) float | lattice vectors as rows [Å]; zeros when not periodic
@@ -45,3 +55,31 @@ SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's 
 NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift
 DIRECT_FORCES = "direct_forces"  # (N, 3) float | backbone force head, not -dE/dr (unit: the model's scale)
 EQUIVARIANT_EMBEDDING = "equivariant_embedding"  # (N, C, (L+1)^2) float | learned-equivariant embedding (TransIP)
+
+# --- classification ------------------------------------------------------------------
+NODE_KEYS = frozenset({
+    POSITIONS, ATOMIC_NUMBERS, FORCES, BATCH, NODE_FEATURES, ATOMIC_ENERGIES, SPECIES,
+    NODE_ENERGIES, DIRECT_FORCES, EQUIVARIANT_EMBEDDING,
+})
+EDGE_KEYS = frozenset({EDGE_INDEX, CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS, EDGE_WEIGHTS})
+GRAPH_KEYS = frozenset({
+    CELL, PBC, NUM_ATOMS, ENERGY, STRESS, VIRIAL, CHARGE, SPIN, ENERGY_MASK, FORCES_MASK,
+    STRESS_MASK,
+})
+
+
+def kind(key: str) -> str:
+    """``"node"``, ``"edge"`` or ``"graph"``: what the first axis of ``key`` counts
+    (EDGE_INDEX: its second axis).
+
+    >>> kind(FORCES), kind(EDGE_INDEX), kind(ENERGY)
+    ('node', 'edge', 'graph')
+    """
+    if key in NODE_KEYS:
+        return "node"
+    if key in EDGE_KEYS:
+        return "edge"
+    if key in GRAPH_KEYS:
+        return "graph"
+    raise KeyError(f"batch key {key!r} is not classified: add it to NODE_KEYS, EDGE_KEYS or "
+                   "GRAPH_KEYS in mlip/data/keys.py")

@@ -1,11 +1,12 @@
-"""Structures in one LMDB file: an atomic writer and a fork-safe torch ``Dataset``.
+"""Structures in one LMDB file: the file format and a fork-safe torch ``Dataset``.
 
 File layout (``subdir=False``: one data file, no directory):
 
 * records ``0 .. count-1`` under 8-byte big-endian keys (key order = index order), each a
   :mod:`mlip.data.codec` record (no pickle);
-* ``__header__``: JSON described in :meth:`LmdbWriter.header`;
-* ``__meta__/<name>``: cached JSON blobs, e.g. statistics (:func:`write_metadata`);
+* ``__header__``: JSON described in :meth:`mlip.data.lmdb_writer.LmdbWriter.header`;
+* ``__meta__/<name>``: cached JSON blobs, e.g. statistics
+  (:func:`mlip.data.lmdb_writer.write_metadata`);
 * ``__sizes__``: atoms per record, int32 little-endian plus a CRC-32 (what size-aware
   batching needs without decoding every record; files written before it have none and
   their sizes are read from the records once).
@@ -13,11 +14,7 @@ File layout (``subdir=False``: one data file, no directory):
 Corruption is detected, not read as numbers (schema 3): every record carries a CRC-32
 (:mod:`mlip.data.codec`), the header and metadata blobs a ``__crc32__`` of their canonical
 JSON, and a file shorter than its last page (a truncated copy, which LMDB would otherwise
-hit as SIGBUS) is refused on opening.
-
-The writer fills ``OUT.partial-<pid>`` and renames it to ``OUT`` only after the last record
-and the header are on disk, so a crash or an invalid frame never leaves a half-written
-``OUT`` behind; the next writer of ``OUT`` deletes partial files of processes that died.
+hit as SIGBUS) is refused on opening. Files are written by :mod:`mlip.data.lmdb_writer`.
 """
 
 from __future__ import annotations
@@ -25,22 +22,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
 import zlib
-from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import lmdb
 import numpy as np
 import torch.utils.data
 
-from mlip import __version__
-from mlip.cache import process_alive
-from mlip.data.codec import CodecError, decode_structure, encode_structure
-from mlip.data.stats import DatasetSummary
+from mlip.data.codec import CodecError, decode_structure
 from mlip.data.structure import Structure
 
 SCHEMA_VERSION = 3  # 2: the header's element list is 'elements' (was 'species' in 1); 3: checksums
@@ -49,7 +40,6 @@ HEADER_KEY = b"__header__"
 SIZES_KEY = b"__sizes__"
 META_PREFIX = b"__meta__/"
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3", "positions": "Å"}
-INITIAL_MAP_SIZE = 64 * 2**20
 _INDEX = struct.Struct(">Q")
 
 
@@ -92,191 +82,11 @@ def index_key(index: int) -> bytes:
     return _INDEX.pack(index)
 
 
-def _meta_key(name: str) -> bytes:
+def meta_key(name: str) -> bytes:
+    """Key of the metadata blob ``name``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"metadata name must be a non-empty string, got {name!r}")
     return META_PREFIX + name.encode()
-
-
-def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
-    """Write ``items`` in one transaction, doubling the map size while it is full."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for key, value in items:
-                    txn.put(key, value)
-            return
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
-
-
-def _remove(path: str) -> None:
-    for p in (path, path + "-lock"):
-        try:
-            os.remove(p)
-        except FileNotFoundError:
-            pass
-
-
-class LmdbWriter:
-    """Write structures into a new LMDB file, atomically.
-
-    Use as a context manager; on normal exit the header is written and the file moved
-    into place, on an exception everything is removed::
-
-        with LmdbWriter("train.lmdb") as writer:
-            for s in structures:
-                writer.add(s)
-
-    Args:
-        path: output file (conventionally ``*.lmdb``).
-        overwrite: replace an existing ``path`` (only once the new file is complete).
-        key_mapping: label keys used when reading, recorded in the header
-            (``{"energy": "REF_energy", "forces": None, ...}``; None = ASE calculator results).
-        sources: input files recorded in the header; default: the structures' ``source``.
-        map_size: initial LMDB map size [bytes]; doubled whenever it fills up.
-        commit_every: records buffered per write transaction.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        overwrite: bool = False,
-        key_mapping: dict[str, str | None] | None = None,
-        sources: list[str] | None = None,
-        map_size: int = INITIAL_MAP_SIZE,
-        commit_every: int = 1000,
-    ) -> None:
-        self.path = str(path)
-        self.overwrite = overwrite
-        self.key_mapping = dict(key_mapping or {"energy": None, "forces": None, "stress": None})
-        self.sources = sources
-        self.map_size = int(map_size)
-        self.commit_every = commit_every
-        self.partial_path = f"{self.path}.partial-{os.getpid()}"
-        self.summary = DatasetSummary()
-        self._env: lmdb.Environment | None = None
-        self._pending: list[tuple[bytes, bytes]] = []
-        self._metadata: dict[str, dict[str, Any]] = {}
-        self._sizes = array("i")
-
-    def __enter__(self) -> LmdbWriter:
-        if os.path.exists(self.path) and not self.overwrite:
-            raise FileExistsError(f"{self.path} exists; choose another name or overwrite it")
-        parent = os.path.dirname(self.path) or "."
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"output directory {parent} does not exist")
-        _remove(self.partial_path)
-        _remove_stale_partials(self.path)
-        self._env = lmdb.open(
-            self.partial_path,
-            map_size=self.map_size,
-            subdir=False,
-            lock=False,  # the partial file is private to this process
-            sync=False,  # one explicit sync before the rename
-            metasync=False,
-            readahead=False,
-        )
-        return self
-
-    def add(self, structure: Structure) -> int:
-        """Append one (already validated) structure.
-
-        Returns:
-            Its index in the file.
-        """
-        if self._env is None:
-            raise RuntimeError("LmdbWriter.add() outside the `with` block")
-        index = self.add_encoded(encode_structure(structure), structure.num_atoms)
-        self.summary.add(structure)
-        return index
-
-    def add_encoded(self, record: bytes, num_atoms: int) -> int:
-        """Append one record that is already encoded (copied from another mlip LMDB).
-        The caller accounts for it in :attr:`summary` (e.g. ``summary.merge``).
-
-        Returns:
-            Its index in the file.
-        """
-        if self._env is None:
-            raise RuntimeError("LmdbWriter.add_encoded() outside the `with` block")
-        index = len(self._sizes)
-        self._pending.append((index_key(index), bytes(record)))
-        self._sizes.append(int(num_atoms))
-        if len(self._pending) >= self.commit_every:
-            self._flush(self._env)
-        return index
-
-    def set_metadata(self, name: str, blob: dict[str, Any]) -> None:
-        """Store a JSON blob under ``name`` together with the records."""
-        json.dumps(blob)  # fail now, not at commit
-        _meta_key(name)
-        self._metadata[name] = blob
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def header(self) -> dict[str, Any]:
-        """The ``__header__`` record.
-
-        Returns:
-            ``format``, ``schema_version``, ``count``, ``elements`` (sorted Z),
-            ``atoms_per_element`` (str(Z) -> atoms), ``atoms_per_structure`` {min, mean, max},
-            ``labels`` (number of structures with energy / forces / stress),
-            ``label_statistics`` (see :meth:`DatasetSummary.to_dict`), ``units``,
-            ``key_mapping``, ``sources``, ``creator`` (``mlip <version>``) and
-            ``created`` (UTC, ISO 8601).
-        """
-        header: dict[str, Any] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
-        header.update(self.summary.to_dict())
-        header["units"] = dict(UNITS)
-        header["key_mapping"] = dict(self.key_mapping)
-        header["sources"] = list(self.sources if self.sources is not None else self.summary.sources)
-        header["creator"] = f"mlip {__version__}"
-        header["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return header
-
-    def _flush(self, env: lmdb.Environment) -> None:
-        if self._pending:
-            _put_all(env, self._pending)
-            self._pending = []
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        env, self._env = self._env, None
-        if env is None:
-            return
-        try:
-            if exc_type is None:
-                self._flush(env)
-                if self.summary.count != len(self._sizes):
-                    raise RuntimeError(
-                        f"{self.path}: {len(self._sizes)} records but a summary of "
-                        f"{self.summary.count}; merge the summary of copied records"
-                    )
-                final = [(HEADER_KEY, dump_checked(self.header())), (SIZES_KEY, _pack_sizes(self._sizes))]
-                final += [(_meta_key(k), dump_checked(v)) for k, v in self._metadata.items()]
-                _put_all(env, final)
-                env.sync(True)
-            env.close()
-            if exc_type is None:
-                _READERS.drop(self.path)  # readers in this process must see the new file
-                os.replace(self.partial_path, self.path)
-        except BaseException:
-            _remove(self.partial_path)
-            raise
-        finally:
-            self._pending = []
-        _remove(self.partial_path)  # on success only the (absent) lock file is left
-
-
-def _pack_sizes(sizes: array) -> bytes:
-    data = np.asarray(sizes, dtype="<i4").tobytes()
-    return data + struct.pack("<I", zlib.crc32(data))
 
 
 def _unpack_sizes(raw: bytes, count: int, path: str) -> np.ndarray:
@@ -284,18 +94,6 @@ def _unpack_sizes(raw: bytes, count: int, path: str) -> np.ndarray:
     if len(raw) != 4 * count + 4 or struct.unpack("<I", crc)[0] != zlib.crc32(data):
         raise LmdbFormatError(f"{path}: the __sizes__ record is damaged; convert the file again")
     return np.frombuffer(data, dtype="<i4").astype(np.int64)
-
-
-def _remove_stale_partials(path: str) -> None:
-    """Delete ``path.partial-<pid>`` files whose writer process is gone (killed mid-way)."""
-    folder, name = os.path.split(path)
-    prefix = name + ".partial-"
-    for entry in os.listdir(folder or "."):
-        if not entry.startswith(prefix):
-            continue
-        pid = entry[len(prefix) :].removesuffix("-lock")
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            _remove(os.path.join(folder, prefix + pid))
 
 
 def _open_readonly(path: str) -> lmdb.Environment:
@@ -364,6 +162,12 @@ class _ReaderCache:
 
 
 _READERS = _ReaderCache()
+
+
+def close_reader(path: str) -> None:
+    """Close this process's read-only environment of ``path``; the next read opens the file
+    anew (a writer replaced it or added to it)."""
+    _READERS.drop(path)
 
 
 def _check_header(path: str, raw: bytes | None) -> dict[str, Any]:
@@ -477,7 +281,7 @@ class LmdbDataset(torch.utils.data.Dataset):
         """The JSON blob stored under ``name``, or None."""
         try:
             with self._environment().begin() as txn:
-                raw = txn.get(_meta_key(name))
+                raw = txn.get(meta_key(name))
         except lmdb.Error as err:
             raise LmdbFormatError(f"{self.path}: the file is damaged ({err})") from None
         return None if raw is None else load_checked(raw, f"{self.path}: metadata {name!r}")
@@ -496,39 +300,6 @@ class LmdbDataset(torch.utils.data.Dataset):
     def close(self) -> None:
         """Close this process's environment of the file (any access reopens it)."""
         _READERS.drop(self.path)
-
-
-def write_metadata(path: str | Path, name: str, blob: dict[str, Any]) -> None:
-    """Store (or replace) a JSON blob in an existing mlip LMDB, e.g. cached statistics.
-
-    Readers in this process pick the new blob up on their next access. Readers in other
-    processes must not be reading the file while it is written (LMDB readers opened
-    without locks are not protected from a writer): cache blobs before training starts.
-
-    Args:
-        path: an mlip LMDB file.
-        name: blob name, e.g. :func:`mlip.data.stats.statistics_key` ``("train", 5.0)``.
-        blob: JSON-serialisable dict.
-
-    Raises:
-        LmdbFormatError: ``path`` is not an mlip LMDB.
-        OSError: the file cannot be written (read-only location).
-    """
-    path = str(path)
-    value = dump_checked(blob)
-    key = _meta_key(name)
-    _check = LmdbDataset(path).header  # raises unless this is an mlip LMDB
-    _READERS.drop(path)
-    size = os.path.getsize(path)
-    try:
-        # With the lock (file ``path-lock``) concurrent writers, e.g. DDP ranks, serialise.
-        env = lmdb.open(path, subdir=False, map_size=size + 2 * len(value) + 2**20, readahead=False)
-    except lmdb.Error as err:
-        raise OSError(f"cannot write metadata to {path}: {err}; is the file writable?") from None
-    try:
-        _put_all(env, [(key, value)])
-    finally:
-        env.close()
 
 
 def split_indices(

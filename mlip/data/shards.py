@@ -20,7 +20,6 @@ indexing, ``header``, ``metadata``, ``sizes``).
 from __future__ import annotations
 
 import bisect
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +104,7 @@ class ShardedDataset(torch.utils.data.Dataset):
 
     @property
     def header(self) -> dict[str, Any]:
-        """The merged header of all shards (see :meth:`LmdbWriter.header`)."""
+        """The merged header of all shards (see :meth:`mlip.data.lmdb_writer.LmdbWriter.header`)."""
         return self.manifest["header"]
 
     @property
@@ -182,8 +181,3 @@ def open_dataset(path: str | Path) -> LmdbDataset | ShardedDataset:
 def dataset_stat_path(path: str | Path) -> Path:
     """The file whose size and modification time identify a dataset's contents."""
     return Path(path) / MANIFEST if is_sharded(path) else Path(path)
-
-
-def manifest_json(manifest: dict[str, Any]) -> str:
-    """The manifest as indented JSON (``mlip data info --json``)."""
-    return json.dumps(manifest, indent=2)

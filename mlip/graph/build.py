@@ -15,6 +15,7 @@ EDGE_INDEX (2, E) is local to the structure until :func:`collate` offsets it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import ase
 import numpy as np
@@ -57,7 +58,6 @@ def structure_graph(
         keys.NUM_ATOMS: torch.tensor([n], dtype=torch.long),
         keys.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.long),
         keys.CELL_SHIFTS: f(shifts),
-        keys.EDGE_MIRRORED: torch.tensor([True]),  # neighbor_list's order
     }
     if labels:
         zeros_f, zeros_s = torch.zeros(n, 3, dtype=dtype), torch.zeros(3, 3, dtype=dtype)
@@ -75,33 +75,88 @@ def structure_graph(
     return graph
 
 
+def concat_edges(per_structure: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """Concatenate per-structure edge tensors (each in mirrored order) into the batch's
+    mirrored order: every structure's first half, then every structure's second half, in
+    the same order, so edge H + k of the batch is edge k reversed (see :mod:`mlip.data.keys`).
+
+    Args:
+        per_structure: one tensor per structure, edges along ``dim`` (an even count each).
+        dim: the edge axis (1 for EDGE_INDEX, 0 for the other edge keys).
+    """
+    halves = [t.shape[dim] // 2 for t in per_structure]
+    firsts = [t.narrow(dim, 0, h) for t, h in zip(per_structure, halves, strict=True)]
+    seconds = [t.narrow(dim, h, h) for t, h in zip(per_structure, halves, strict=True)]
+    return torch.cat(firsts + seconds, dim=dim)
+
+
 def collate(graphs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch per-structure graphs into the model's input dict.
 
-    Node, edge and graph keys are concatenated along their first axis, EDGE_INDEX along its
-    second with each structure's atom offset added, and BATCH (N,) is added. Mirrored
-    lists (keys.EDGE_MIRRORED) stay mirrored: first halves, then second halves. All graphs must
-    have the same keys; tensors may live on any (one) device.
+    Keys are concatenated by their kind (:func:`mlip.data.keys.kind`): node and graph keys
+    along their first axis; edge keys in mirrored order (:func:`concat_edges`), EDGE_INDEX
+    with each structure's atom offset added. BATCH (N,) is added. All graphs must have the
+    same keys; tensors may live on any (one) device.
     """
     if not graphs:
         raise ValueError("collate: no structures")
     first = graphs[0]
-    out = {k: torch.cat([g[k] for g in graphs]) for k in first if k != keys.EDGE_INDEX}
-    sizes = out[keys.NUM_ATOMS]
+    sizes = torch.cat([g[keys.NUM_ATOMS] for g in graphs])
+    offsets = (torch.cumsum(sizes, 0) - sizes).tolist()
+    out = {}
+    for k in first:
+        if k == keys.EDGE_INDEX:
+            out[k] = concat_edges([g[k] + o for g, o in zip(graphs, offsets, strict=True)], dim=1)
+        elif keys.kind(k) == "edge":
+            out[k] = concat_edges([g[k] for g in graphs])
+        else:
+            out[k] = torch.cat([g[k] for g in graphs])
     device = first[keys.POSITIONS].device
-    offsets = torch.cumsum(sizes, 0) - sizes
-    edges = [g[keys.EDGE_INDEX] + offset for g, offset in zip(graphs, offsets.tolist(), strict=True)]
-    out[keys.EDGE_INDEX] = torch.cat(edges, dim=1)
-    if keys.EDGE_MIRRORED in first:
-        # Every structure's list is mirrored; keep the whole batch mirrored: all first
-        # halves, then all second halves in the same order.
-        halves = [e.shape[1] // 2 for e in edges]
-        shifts = [g[keys.CELL_SHIFTS] for g in graphs]
-        out[keys.EDGE_INDEX] = torch.cat([e[:, :h] for e, h in zip(edges, halves, strict=True)]
-                                         + [e[:, h:] for e, h in zip(edges, halves, strict=True)], dim=1)
-        out[keys.CELL_SHIFTS] = torch.cat([s[:h] for s, h in zip(shifts, halves, strict=True)]
-                                          + [s[h:] for s, h in zip(shifts, halves, strict=True)])
-    out[keys.BATCH] = torch.arange(len(graphs), device=device).repeat_interleave(sizes)
+    out[keys.BATCH] = torch.arange(len(graphs), device=device).repeat_interleave(sizes.to(device))
+    return out
+
+
+def as_batch_dict(data: Any) -> dict[str, torch.Tensor]:
+    """The model's input dict from a batch dict or a PyTorch Geometric ``Batch``/``Data``.
+
+    A dict is returned as it is. Anything else with a ``to_dict()`` method is read as a PyG
+    ``Batch`` (or one ``Data``) of :func:`structure_graph` tensors under the same key names,
+    e.g. from :class:`mlip.integrations.pyg.PygDataset` and ``torch_geometric.loader.DataLoader``;
+    torch_geometric itself is never imported here. PyG lays each structure's edges one after
+    another, while the batch dict keeps them in mirrored order across the whole batch
+    (:mod:`mlip.data.keys`), so the edge keys are put back in :func:`concat_edges` order: the
+    result equals :func:`collate` of the same structures, key by key. Keys outside the batch
+    vocabulary (PyG's ``ptr``, the user's own attributes) are dropped; BATCH is added when
+    ``data`` is a single ``Data``.
+
+    Args:
+        data: a batch dict, or a PyG ``Batch``/``Data`` whose structures' edge lists are each
+            in mirrored order (as :func:`structure_graph` builds them).
+
+    Returns:
+        the batch dict (``data`` itself when it is a dict).
+    """
+    if isinstance(data, dict):
+        return data
+    if not callable(getattr(data, "to_dict", None)):
+        raise TypeError(f"expected a batch dict (mlip.graph.build.collate) or a torch_geometric "
+                        f"Batch of mlip graphs, got {type(data).__name__}")
+    vocabulary = keys.NODE_KEYS | keys.EDGE_KEYS | keys.GRAPH_KEYS
+    out = {k: v for k, v in data.to_dict().items()
+           if k in vocabulary and isinstance(v, torch.Tensor)}
+    missing = [k for k in (keys.POSITIONS, keys.NUM_ATOMS, keys.EDGE_INDEX) if k not in out]
+    if missing:
+        raise KeyError(f"{type(data).__name__} lacks the key(s) {missing}: build each Data from "
+                       "mlip.graph.build.structure_graph (mlip.integrations.pyg.PygDataset does)")
+    sizes = out[keys.NUM_ATOMS]
+    if keys.BATCH not in out:
+        out[keys.BATCH] = torch.arange(len(sizes), device=sizes.device).repeat_interleave(sizes)
+    if len(sizes) > 1:
+        edge_index = out[keys.EDGE_INDEX]
+        counts = torch.bincount(out[keys.BATCH][edge_index[1]], minlength=len(sizes)).tolist()
+        for k in [k for k in out if k in keys.EDGE_KEYS]:
+            dim = 1 if k == keys.EDGE_INDEX else 0
+            out[k] = concat_edges(out[k].split(counts, dim=dim), dim=dim)
     return out
 
 

@@ -157,7 +157,7 @@ def mirror_order(edge_index, shifts):
     own periodic images the shift whose first non-zero component is positive); the second
     half is the same pairs read backwards (receiver -> sender, shift negated), in the same
     order. So |r_ij| of edge H + k equals that of edge k bit for bit, and a model can
-    evaluate radial functions on the first half only (keys.EDGE_MIRRORED).
+    evaluate radial functions on the first half only (the invariant of :mod:`mlip.data.keys`).
 
     Args:
         edge_index: (2, E) int64 (sender, receiver), numpy or torch.

@@ -17,7 +17,7 @@ periodic image, in a ghost structure of its own appended to the batch (cell
 ``2 (cutoff + skin) + 1`` Å, so its edges lie beyond the cutoff and touch no real atom).
 Between rebuilds, and across rebuilds while the list fits the capacity, every input tensor
 keeps its shape and only the positions change: what a CUDA graph needs
-(:mod:`mlip.model.graphed`). :meth:`SkinNeighborList.real` drops the ghost's outputs.
+(:mod:`mlip.inference.graphed`). :meth:`SkinNeighborList.real` drops the ghost's outputs.
 
 Each :meth:`SkinNeighborList.batch` reads one small tensor back to the host (whether a
 rebuild is due, and the closest pair for :meth:`SkinNeighborList.closest_pair`), plus
@@ -102,7 +102,7 @@ class SkinNeighborList:
 
     def _pad(self) -> None:
         """With ``fixed_shapes``: the batch plus the ghost structure, edges padded to the
-        capacity (grown when the list outgrew it); mirrored lists stay mirrored."""
+        capacity (grown when the list outgrew it); mirrored list stays mirrored."""
         if not self.fixed_shapes:
             return
         g = self._batch
@@ -114,16 +114,12 @@ class SkinNeighborList:
         ghost_edges = torch.full((2, pad), ghost, dtype=torch.long, device=self.device)
         shift = torch.zeros(pad, 3, dtype=self.dtype, device=self.device)
         shift[:, 0] = 1.0
-        mirrored = keys.EDGE_MIRRORED in g
-        if mirrored:  # ghost pairs: (+x, -x) images in the two halves
-            shift[pad // 2:, 0] = -1.0
-            h, p = edges // 2, pad // 2
-            index = torch.cat([g[keys.EDGE_INDEX][:, :h], ghost_edges[:, :p],
-                               g[keys.EDGE_INDEX][:, h:], ghost_edges[:, p:]], dim=1)
-            shifts = torch.cat([g[keys.CELL_SHIFTS][:h], shift[:p], g[keys.CELL_SHIFTS][h:], shift[p:]])
-        else:
-            index = torch.cat([g[keys.EDGE_INDEX], ghost_edges], dim=1)
-            shifts = torch.cat([g[keys.CELL_SHIFTS], shift])
+        # ghost pairs keep the order mirrored: (+x, -x) images in the two halves
+        shift[pad // 2:, 0] = -1.0
+        h, p = edges // 2, pad // 2
+        index = torch.cat([g[keys.EDGE_INDEX][:, :h], ghost_edges[:, :p],
+                           g[keys.EDGE_INDEX][:, h:], ghost_edges[:, p:]], dim=1)
+        shifts = torch.cat([g[keys.CELL_SHIFTS][:h], shift[:p], g[keys.CELL_SHIFTS][h:], shift[p:]])
         num = g[keys.CELL].shape[0]
         side = 2.0 * self.radius + 1.0
         padded = {
@@ -134,26 +130,20 @@ class SkinNeighborList:
             keys.BATCH: torch.cat([g[keys.BATCH], g[keys.BATCH].new_full((1,), num)]),
             keys.EDGE_INDEX: index, keys.CELL_SHIFTS: shifts,
         }
-        if mirrored:
-            padded[keys.EDGE_MIRRORED] = torch.cat([g[keys.EDGE_MIRRORED], g[keys.EDGE_MIRRORED][:1]])
         self._padded = padded
         self._ghost_position = torch.zeros(1, 3, dtype=self.dtype, device=self.device)
 
     def real(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's outputs for a :meth:`batch` without the ghost's (views; unchanged
-        without ``fixed_shapes``): per-structure keys lose their last row, per-atom keys
-        their last atom."""
+        without ``fixed_shapes``): node keys lose their last atom, graph keys their last
+        structure (by :func:`mlip.data.keys.kind`; edge keys are returned as they are)."""
         if not self.fixed_shapes:
             return out
-        atoms, structures = self._batch[keys.POSITIONS].shape[0], self._batch[keys.CELL].shape[0]
+        rows = {"node": self._batch[keys.POSITIONS].shape[0], "graph": self._batch[keys.CELL].shape[0]}
         result = {}
         for k, v in out.items():
-            if v.ndim and v.shape[0] == atoms + 1 and k in _PER_ATOM:
-                result[k] = v[:atoms]
-            elif v.ndim and v.shape[0] == structures + 1 and k in _PER_STRUCTURE:
-                result[k] = v[:structures]
-            else:
-                result[k] = v
+            size = rows.get(keys.kind(k))
+            result[k] = v[:size] if size is not None else v
         return result
 
     def batch(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -198,11 +188,9 @@ class SkinNeighborList:
             data[keys.POSITIONS] = torch.cat([positions, self._ghost_position])
             return data
         g = self._batch
-        with torch.no_grad():
-            inside = lengths < self.cutoff
-            if keys.EDGE_MIRRORED in g:  # one decision per pair keeps the order mirrored
-                half = inside[: inside.shape[0] // 2]
-                inside = torch.cat([half, half])
+        with torch.no_grad():  # one decision per pair keeps the order mirrored
+            half = lengths[: lengths.shape[0] // 2] < self.cutoff
+            inside = torch.cat([half, half])
         data = dict(g)
         keep = inside.nonzero().squeeze(1)  # one mask-to-index for both edge tensors
         data.update({keys.POSITIONS: positions, keys.EDGE_INDEX: g[keys.EDGE_INDEX].index_select(1, keep),
@@ -226,8 +214,3 @@ class SkinNeighborList:
         k = int(torch.argmin(self._lengths))
         j, i = (int(x) for x in self._batch[keys.EDGE_INDEX][:, k])
         return i, j, self._closest
-
-
-# Output keys the ghost structure of a fixed-shape batch adds a row to (see real()).
-_PER_ATOM = (keys.FORCES, keys.ATOMIC_ENERGIES)
-_PER_STRUCTURE = (keys.ENERGY, keys.STRESS, keys.VIRIAL)

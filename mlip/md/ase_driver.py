@@ -11,7 +11,7 @@ import numpy as np
 from ase import units
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from mlip.calculator.calculator import AtomsTooCloseError
+from mlip.inference.errors import AtomsTooCloseError
 from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day, pressure_GPa
 
 # Ensembles: name -> (description, needs temperature, periodic only). Time constants:

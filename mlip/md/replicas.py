@@ -37,15 +37,10 @@ import torch
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlip.calculator.calculator import (
-    AtomsTooCloseError,
-    MLIPCalculator,
-    NonFiniteOutputError,
-    too_close_message,
-)
 from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
-from mlip.graph.skin import SkinNeighborList
+from mlip.inference.engine import ForceField
+from mlip.inference.errors import AtomsTooCloseError, NonFiniteOutputError
 from mlip.md.ase_driver import MDInstabilityError, MDSettings, check_stability, initial_velocities
 from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day
 
@@ -54,29 +49,25 @@ CHECK_EVERY = 10  # steps between blow-up checks (each one read from the device)
 
 
 class ReplicaSystem:
-    """K copies of ``atoms`` as one batch on the calculator's device, each with its own
-    Verlet-skin list (:class:`mlip.graph.skin.SkinNeighborList`).
+    """K copies of ``atoms`` tracked by the engine as one batch, each with its own
+    Verlet-skin list (:meth:`mlip.inference.engine.ForceField.track`).
 
     Args:
-        calc: supplies the model, device, dtype, cutoff, skin and min_distance.
+        engine: the inference engine (model, device, dtype, skin, min_distance).
         atoms: the system (numbers, cell, pbc are shared by the replicas).
         k: number of replicas.
     """
 
-    def __init__(self, calc: MLIPCalculator, atoms: ase.Atoms, k: int) -> None:
-        calc.model.check_elements(atoms.numbers)
-        self.calc, self.k, self.n = calc, k, len(atoms)
-        self.numbers = atoms.numbers.copy()
+    def __init__(self, engine: ForceField, atoms: ase.Atoms, k: int) -> None:
+        self.engine, self.k, self.n = engine, k, len(atoms)
         self.periodic = bool(atoms.pbc.any())
         self.cell = atoms.cell.array.copy() if self.periodic else np.zeros((3, 3))
-        self.neighbors = SkinNeighborList(calc.cutoff, calc.skin, calc.dtype, calc.device,
-                                          fixed_shapes=calc.fixed_shapes)
-        self.neighbors.reset([atoms_to_structure(atoms)] * k)
+        self.tracked = engine.track([atoms_to_structure(atoms)] * k, where="replica")
 
     @property
     def builds(self) -> int:
         """Replica neighbour-list builds so far (the first K included)."""
-        return self.neighbors.builds
+        return self.tracked.builds
 
     def compute(self, pos: torch.Tensor, stress: bool = False) -> dict[str, torch.Tensor]:
         """Energies (K,) [eV], forces (K*n, 3) [eV/Å] (float64) and, with ``stress``, (K, 3, 3)
@@ -84,15 +75,9 @@ class ReplicaSystem:
         :meth:`finite`), which would read the device every step.
 
         Raises:
-            AtomsTooCloseError: as the calculator does, naming the replica.
+            AtomsTooCloseError: naming the replica.
         """
-        data = self.neighbors.batch(pos)
-        pair = self.neighbors.closest_pair(self.calc.min_distance)
-        if pair is not None:
-            i, j, d = pair
-            raise AtomsTooCloseError(f"replica {i // self.n}: " + too_close_message(
-                self.numbers, i % self.n, j % self.n, d, self.calc.min_distance))
-        out = self.neighbors.real(self.calc.evaluate(data, stress and self.periodic))
+        out = self.tracked.compute(pos, stress=stress and self.periodic, check_finite=False)
         result = {"energy": out[keys.ENERGY].detach().double(),
                   "forces": out[keys.FORCES].detach().double()}
         if stress and self.periodic:
@@ -101,7 +86,7 @@ class ReplicaSystem:
 
     def finite(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """(K,) bool: the replica's energy and forces are finite (on the device)."""
-        return torch.isfinite(out["forces"]).view(self.k, -1).all(dim=1) & torch.isfinite(out["energy"])
+        return ~self.tracked.non_finite({keys.ENERGY: out["energy"], keys.FORCES: out["forces"]})
 
 
 def _replica_paths(path: str | None, k: int) -> list[str]:
@@ -113,11 +98,143 @@ def _replica_paths(path: str | None, k: int) -> list[str]:
     return [str(p.with_name(f"{p.stem}_r{r}{suffix}")) for r in range(k)]
 
 
-def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k: int) -> dict[str, Any]:
+class _Integrator:
+    """Momenta and positions of K replicas (float64 on the device), advanced by ASE 3.29's
+    ``VelocityVerlet`` or ``Langevin`` (``fixcm=False``) step, operation for operation."""
+
+    def __init__(self, atoms: ase.Atoms, settings: MDSettings, k: int, device: torch.device) -> None:
+        f64, self.n, self.k = torch.float64, len(atoms), k
+        self.ensemble, self.dt = settings.ensemble, settings.timestep_fs * units.fs
+        self.rngs, momenta = [], []
+        for r in range(k):  # replica r draws exactly as run_md with seed + r
+            rng = np.random.default_rng(settings.seed + r)
+            copy = atoms.copy()
+            initial_velocities(copy, settings.temperature_K, rng)
+            self.rngs.append(rng)
+            momenta.append(copy.get_momenta())
+        self.pos = torch.as_tensor(np.tile(atoms.positions, (k, 1)), dtype=f64, device=device)
+        self.mom = torch.as_tensor(np.concatenate(momenta), dtype=f64, device=device)
+        self.masses = torch.as_tensor(np.tile(atoms.get_masses(), k), dtype=f64, device=device)[:, None]
+        if self.ensemble == "langevin":  # ASE Langevin.updatevars
+            dt = self.dt
+            fr, kt = settings.friction_per_fs / units.fs, units.kB * settings.temperature_K
+            sigma = torch.sqrt(2 * kt * fr / self.masses)
+            self.c1 = dt / 2.0 - dt * dt * fr / 8.0
+            self.c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
+            self.c3 = math.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
+            self.c5 = dt**1.5 * sigma / (2 * math.sqrt(3))
+            self.c4 = fr / 2.0 * self.c5
+
+    def kinetic(self) -> torch.Tensor:
+        """(K,) kinetic energies [eV]."""
+        return (0.5 * self.mom * self.mom / self.masses).sum(1).view(self.k, self.n).sum(1)
+
+    def temperatures(self) -> torch.Tensor:
+        """(K,) temperatures [K]."""
+        return 2 * self.kinetic() / (3 * self.n * units.kB)
+
+    def step(self, forces: torch.Tensor, forces_at) -> torch.Tensor:
+        """One step from the current forces; ``forces_at()`` evaluates the new positions'
+        outputs (returned)."""
+        dt, m = self.dt, self.masses
+        if self.ensemble == "nve":  # ASE VelocityVerlet.step
+            self.mom = self.mom + 0.5 * dt * forces
+            self.pos = self.pos + dt * self.mom / m
+            out = forces_at()
+            self.mom = self.mom + 0.5 * dt * out["forces"]
+            return out
+        # ASE Langevin.step, fixcm=False: noise xi then eta per replica, in ASE's order
+        noise = [(g.standard_normal(size=(self.n, 3)), g.standard_normal(size=(self.n, 3))) for g in self.rngs]
+        xi = torch.as_tensor(np.concatenate([a for a, _ in noise]), dtype=m.dtype, device=m.device)
+        eta = torch.as_tensor(np.concatenate([b for _, b in noise]), dtype=m.dtype, device=m.device)
+        rnd_pos = self.c5 * eta
+        rnd_vel = self.c3 * xi - self.c4 * eta
+        v = self.mom / m
+        v = v + (self.c1 * forces / m - self.c2 * v + rnd_vel)
+        x = self.pos
+        self.pos = x + dt * v + rnd_pos
+        v = (self.pos - x - rnd_pos) / dt
+        out = forces_at()
+        v = v + (self.c1 * out["forces"] / m - self.c2 * v + rnd_vel)
+        self.mom = v * m
+        return out
+
+
+class _Recorder:
+    """Log rows, trajectory frames and the blow-up checks of K replicas."""
+
+    def __init__(self, atoms: ase.Atoms, settings: MDSettings, system: ReplicaSystem,
+                 state: _Integrator) -> None:
+        self.atoms, self.settings, self.system, self.state = atoms, settings, system, state
+        self.bulk = bool(atoms.pbc.all())  # P and V are logged (and stress computed) for bulk cells
+        self.paths = _replica_paths(settings.trajectory, system.k)
+        self.writers = [TrajectoryWriter(p) for p in self.paths]
+        self.names, self.formats = md_columns(self.bulk, replicas=True)
+        self.log = TextLog(settings.log, self.names)
+        self.etot0: torch.Tensor | None = None
+        self.temperature = settings.temperature_K  # the progress bar's, as of the last check
+
+    def close(self) -> None:
+        self.log.close()
+        for writer in self.writers:
+            writer.close()
+
+    def wants_stress(self, step: int) -> bool:
+        return self.bulk and step % self.settings.log_every == 0
+
+    def record(self, step: int, out: dict[str, torch.Tensor]) -> None:
+        """Log and write the logged steps; check for blow-ups every CHECK_EVERY steps, at
+        logged steps and at the last (one read from the device)."""
+        settings, state = self.settings, self.state
+        ekin = state.kinetic()
+        etot = out["energy"] + ekin
+        temps = 2 * ekin / (3 * state.n * units.kB)
+        self.etot0 = etot.clone() if self.etot0 is None else self.etot0
+        if step % settings.log_every == 0:
+            self._write(step, out, ekin, etot, temps)
+        if step % CHECK_EVERY and step % settings.log_every and step != settings.steps:
+            return
+        model_ok = self.system.finite(out)
+        finite = (torch.isfinite(etot) & torch.isfinite(state.pos).view(state.k, -1).all(dim=1)).to(torch.float64)
+        host = torch.stack([model_ok.to(torch.float64), finite, etot, self.etot0, temps]).cpu().numpy()
+        if not host[0].all():
+            bad = np.flatnonzero(host[0] == 0).tolist()
+            raise NonFiniteOutputError(f"step {step}: the model returned NaN/inf for replica(s) "
+                                       f"{bad[:10]}: the structure left the training data (try a "
+                                       "smaller --timestep)")
+        check_stability(step, settings, host[2], host[3], state.n, float(host[4].max()), bool(host[1].all()))
+        self.temperature = float(host[4].mean())
+
+    def _write(self, step: int, out: dict[str, torch.Tensor], ekin: torch.Tensor, etot: torch.Tensor,
+               temps: torch.Tensor) -> None:
+        state, k, n = self.state, self.state.k, self.state.n
+        host = {"etot": etot.cpu().numpy(), "ekin": ekin.cpu().numpy(), "t": temps.cpu().numpy(),
+                "e": out["energy"].cpu().numpy(), "pos": state.pos.view(k, n, 3).cpu().numpy(),
+                "mom": state.mom.view(k, n, 3).cpu().numpy(), "f": out["forces"].view(k, n, 3).cpu().numpy()}
+        stress = out["stress"].cpu().numpy() if "stress" in out else None
+        volume = abs(np.linalg.det(self.system.cell))
+        masses = self.atoms.get_masses()[:, None]
+        for r in range(k):
+            row = [r, step * self.settings.timestep_fs / 1000, host["e"][r], host["ekin"][r],
+                   host["etot"][r], host["t"][r]]
+            if self.bulk:  # ASE's ideal-gas term: sum(p p^T / m) / V
+                kinetic = np.einsum("ni,nj->ij", host["mom"][r] / masses, host["mom"][r]) / volume
+                row += [float(np.trace(kinetic - stress[r])) / 3 / units.GPa, volume]
+            self.log.row(row, self.formats)
+        for r, writer in enumerate(self.writers):
+            snap = self.atoms.copy()
+            snap.positions = host["pos"][r]
+            snap.set_momenta(host["mom"][r])
+            snap.info["replica"] = r
+            snap.calc = SinglePointCalculator(snap, energy=float(host["e"][r]), forces=host["f"][r])
+            writer.write(snap)
+
+
+def run_replicas(engine: ForceField, atoms: ase.Atoms, settings: MDSettings, k: int) -> dict[str, Any]:
     """Run K independent replicas of ``atoms`` with one batched model call per step.
 
     Args:
-        calc: the calculator whose model, device, dtype, skin and min_distance are used.
+        engine: the inference engine (its model, device, dtype, skin and min_distance).
         atoms: the starting structure (not modified).
         settings: as for :func:`mlip.md.ase_driver.run_md`; ensemble "nve" or "langevin".
             ``trajectory`` ``out.xyz`` becomes ``out_r0.xyz``, ``out_r1.xyz``, ...; the log
@@ -134,130 +251,35 @@ def run_replicas(calc: MLIPCalculator, atoms: ase.Atoms, settings: MDSettings, k
     if settings.ensemble not in SUPPORTED:
         raise ValueError(f"--replicas supports the ensembles {', '.join(SUPPORTED)}, "
                          f"not {settings.ensemble!r}; run it without --replicas")
-    dev, f64, n = calc.device, torch.float64, len(atoms)
-    rngs, momenta = [], []
-    for r in range(k):
-        rng = np.random.default_rng(settings.seed + r)
-        copy = atoms.copy()
-        initial_velocities(copy, settings.temperature_K, rng)
-        rngs.append(rng)
-        momenta.append(copy.get_momenta())
-    pos = torch.as_tensor(np.tile(atoms.positions, (k, 1)), dtype=f64, device=dev)
-    mom = torch.as_tensor(np.concatenate(momenta), dtype=f64, device=dev)
-    masses = torch.as_tensor(np.tile(atoms.get_masses(), k), dtype=f64, device=dev)[:, None]
-    dt = settings.timestep_fs * units.fs
-    system = ReplicaSystem(calc, atoms, k)
-    bulk = bool(atoms.pbc.all())  # P and V are logged (and stress computed) for bulk cells
-    if settings.ensemble == "langevin":  # ASE Langevin.updatevars
-        fr, kt = settings.friction_per_fs / units.fs, units.kB * settings.temperature_K
-        sigma = torch.sqrt(2 * kt * fr / masses)
-        c1 = dt / 2.0 - dt * dt * fr / 8.0
-        c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
-        c3 = math.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
-        c5 = dt**1.5 * sigma / (2 * math.sqrt(3))
-        c4 = fr / 2.0 * c5
-
-    paths = _replica_paths(settings.trajectory, k)
-    writers = [TrajectoryWriter(p) for p in paths]
-    names, formats = md_columns(bulk, replicas=True)
-    log = TextLog(settings.log, names)
+    n = len(atoms)
+    state = _Integrator(atoms, settings, k, engine.device)
+    system = ReplicaSystem(engine, atoms, k)
+    recorder = _Recorder(atoms, settings, system, state)
     progress = Progress(settings.steps, settings.timestep_fs, f"md {settings.ensemble} x{k}",
                         settings.progress)
-    etot0 = None
-
-    def record(step: int, out: dict[str, torch.Tensor]) -> float:
-        nonlocal etot0
-        ekin = (0.5 * mom * mom / masses).sum(1).view(k, n).sum(1)
-        etot = out["energy"] + ekin
-        temps = 2 * ekin / (3 * n * units.kB)
-        etot0 = etot.clone() if etot0 is None else etot0
-        if step % settings.log_every == 0:
-            host = {"etot": etot.cpu().numpy(), "ekin": ekin.cpu().numpy(), "t": temps.cpu().numpy(),
-                    "e": out["energy"].cpu().numpy(), "pos": pos.view(k, n, 3).cpu().numpy(),
-                    "mom": mom.view(k, n, 3).cpu().numpy(), "f": out["forces"].view(k, n, 3).cpu().numpy()}
-            stress = out["stress"].cpu().numpy() if "stress" in out else None
-            volume = abs(np.linalg.det(system.cell))
-            for r in range(k):
-                row = [r, step * settings.timestep_fs / 1000, host["e"][r], host["ekin"][r],
-                       host["etot"][r], host["t"][r]]
-                if bulk:  # ASE's ideal-gas term: sum(p p^T / m) / V
-                    kinetic = np.einsum("ni,nj->ij", host["mom"][r] / atoms.get_masses()[:, None],
-                                        host["mom"][r]) / volume
-                    row += [float(np.trace(kinetic - stress[r])) / 3 / units.GPa, volume]
-                log.row(row, formats)
-            for r, writer in enumerate(writers):
-                snap = atoms.copy()
-                snap.positions = host["pos"][r]
-                snap.set_momenta(host["mom"][r])
-                snap.info["replica"] = r
-                snap.calc = SinglePointCalculator(snap, energy=float(host["e"][r]), forces=host["f"][r])
-                writer.write(snap)
-        if step % CHECK_EVERY and step % settings.log_every and step != settings.steps:
-            return None
-        model_ok = system.finite(out)
-        finite = (torch.isfinite(etot) & torch.isfinite(pos).view(k, -1).all(dim=1)).to(f64)
-        host = torch.stack([model_ok.to(f64), finite, etot, etot0, temps]).cpu().numpy()  # one read
-        if not host[0].all():
-            bad = np.flatnonzero(host[0] == 0).tolist()
-            raise NonFiniteOutputError(f"step {step}: the model returned NaN/inf for replica(s) "
-                                       f"{bad[:10]}: the structure left the training data (try a "
-                                       "smaller --timestep)")
-        check_stability(step, settings, host[2], host[3], n, float(host[4].max()), bool(host[1].all()))
-        return float(host[4].mean())
-
-    def forces_at(step: int) -> dict[str, torch.Tensor]:
-        return system.compute(pos, stress=bulk and step % settings.log_every == 0)
-
     t0 = time.perf_counter()
     step = 0
-    temperature = settings.temperature_K  # the progress bar's, as of the last check
-
-    def report(step: int, out: dict[str, torch.Tensor]) -> None:
-        nonlocal temperature
-        checked = record(step, out)
-        temperature = temperature if checked is None else checked
-        progress.update(step, temperature)
-
     try:
-        out = forces_at(0)
-        report(0, out)
+        out = system.compute(state.pos, stress=recorder.wants_stress(0))
+        recorder.record(0, out)
+        progress.update(0, recorder.temperature)
         for step in range(1, settings.steps + 1):
-            if settings.ensemble == "nve":  # ASE VelocityVerlet.step
-                mom = mom + 0.5 * dt * out["forces"]
-                pos = pos + dt * mom / masses
-                out = forces_at(step)
-                mom = mom + 0.5 * dt * out["forces"]
-            else:  # ASE Langevin.step, fixcm=False
-                noise = [(g.standard_normal(size=(n, 3)), g.standard_normal(size=(n, 3))) for g in rngs]
-                xi = torch.as_tensor(np.concatenate([a for a, _ in noise]), dtype=f64, device=dev)
-                eta = torch.as_tensor(np.concatenate([b for _, b in noise]), dtype=f64, device=dev)
-                rnd_pos = c5 * eta
-                rnd_vel = c3 * xi - c4 * eta
-                v = mom / masses
-                v = v + (c1 * out["forces"] / masses - c2 * v + rnd_vel)
-                x = pos
-                pos = x + dt * v + rnd_pos
-                v = (pos - x - rnd_pos) / dt
-                out = forces_at(step)
-                v = v + (c1 * out["forces"] / masses - c2 * v + rnd_vel)
-                mom = v * masses
-            report(step, out)
+            out = state.step(out["forces"], lambda: system.compute(state.pos, stress=recorder.wants_stress(step)))  # noqa: B023
+            recorder.record(step, out)
+            progress.update(step, recorder.temperature)
     except (MDInstabilityError, FloatingPointError, AtomsTooCloseError) as err:
-        kept = f"; trajectories so far kept in {', '.join(paths)}" if paths else ""
+        kept = f"; trajectories so far kept in {', '.join(recorder.paths)}" if recorder.paths else ""
         raise MDInstabilityError(f"{err} (stopped after step {step} of {settings.steps}{kept})") from err
     finally:
         progress.close()
-        log.close()
-        for writer in writers:
-            writer.close()
+        recorder.close()
     seconds = time.perf_counter() - t0
-    temps = (0.5 * mom * mom / masses).sum(1).view(k, n).sum(1) * 2 / (3 * n * units.kB)
     rate = settings.steps / seconds
     return {
         "steps": settings.steps, "seconds": seconds, "atoms": n, "replicas": k,
         "steps_per_second": rate, "ns_per_day": ns_per_day(rate, settings.timestep_fs),
-        "final_temperature_K": float(temps.mean()),
-        "positions": pos.view(k, n, 3).cpu().numpy(),
-        "velocities": (mom / masses).view(k, n, 3).cpu().numpy(),
+        "final_temperature_K": float(state.temperatures().mean()),
+        "positions": state.pos.view(k, n, 3).cpu().numpy(),
+        "velocities": (state.mom / state.masses).view(k, n, 3).cpu().numpy(),
         "neighbor_builds": system.builds,
     }

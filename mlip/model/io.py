@@ -14,8 +14,9 @@ import torch
 
 from mlip import __version__
 from mlip.data.structure import MAX_Z
-from mlip.model.build import build_potential
+from mlip.model.build import ModelStatistics, build_model
 from mlip.model.potential import Potential
+from mlip.model.repulsion import ZBLRepulsion
 
 FORMAT = "mlip-model"
 FORMAT_VERSION = 3
@@ -49,6 +50,18 @@ def _upgrade_v2(payload: dict[str, Any], state: dict[str, torch.Tensor]) -> dict
     out = {k: v for k, v in state.items() if k != "shift"}
     out["shift_f64bits"] = shifts.view(torch.int64)
     return out
+
+
+def _upgrade_fields(payload: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fields an earlier file may lack, supplied before the build: the model config's dtype
+    (the saved one) and, for a ZBL core written before its radii were stored, those radii
+    (they were the covalent-radius sums)."""
+    config = payload["model_config"]
+    payload["model_config"] = {**config, "dtype": payload.get("dtype", "float32")}
+    settings = config.get("repulsion")
+    if settings is not None and "repulsion.d_ref" not in state:
+        state = {**state, "repulsion.d_ref": ZBLRepulsion(payload["atomic_numbers"]).d_ref}
+    return state
 
 
 def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_neighbors: float) -> dict:
@@ -112,22 +125,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         state = _upgrade_v1(state)
     if payload["format_version"] < 3:
         state = _upgrade_v2(payload, state)
+    state = _upgrade_fields(payload, state)
+    statistics = ModelStatistics.from_dict(payload)  # the core's radii come with the state
     with torch.random.fork_rng(devices=[]):  # the throw-away initial weights draw numbers
-        potential = build_potential(
-            payload["model_config"],
-            payload["atomic_numbers"],
-            payload["e0s"],
-            payload["scale"],
-            payload["shift"],
-            payload["cutoff"],
-            payload["avg_num_neighbors"],
-            prepare=False,
-        )
-    saved = getattr(torch, payload.get("dtype", "float32"))
-    if potential.repulsion is not None and "repulsion.d_ref" not in state:
-        # written before the core radii were stored: they were covalent-radius sums
-        state = {**state, "repulsion.d_ref": potential.repulsion.d_ref}
-    # Load at the saved precision (loading float64 weights into float32 parameters would
+        potential = build_model(payload["model_config"], statistics, prepare=False)
+    # Loaded at the saved precision (loading float64 weights into float32 parameters would
     # round them), then cast.
-    potential.to(saved).load_state_dict(state)
-    return potential.to(device=device, dtype=dtype or saved).eval()
+    potential.load_state_dict(state)
+    return potential.to(device=device, dtype=dtype).eval()

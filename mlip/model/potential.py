@@ -46,6 +46,7 @@ from torch import nn
 from mlip.backbones.base import Backbone
 from mlip.data import keys
 from mlip.data.structure import MAX_Z
+from mlip.graph.build import as_batch_dict
 from mlip.graph.edges import edge_vectors
 from mlip.model.repulsion import ZBLRepulsion
 from mlip.ops.buffers import exact, register_exact
@@ -279,7 +280,9 @@ class Potential(nn.Module):
 
         Args:
             data: batch dict with POSITIONS, ATOMIC_NUMBERS, EDGE_INDEX, CELL_SHIFTS, CELL,
-                PBC, BATCH (see :mod:`mlip.data.keys`; built by :func:`mlip.graph.build.collate`).
+                PBC, BATCH (see :mod:`mlip.data.keys`; built by :func:`mlip.graph.build.collate`),
+                or a PyTorch Geometric ``Batch`` of the same keys (read by
+                :func:`mlip.graph.build.as_batch_dict`).
             compute_forces: return FORCES (N, 3) [eV/Å].
             compute_stress: return STRESS and VIRIAL (B, 3, 3); zero for non-periodic
                 structures.
@@ -290,6 +293,8 @@ class Potential(nn.Module):
             dict with ENERGY (B,) and ATOMIC_ENERGIES (N,) in float64, the backbone's
             declared extra outputs, and FORCES / STRESS / VIRIAL when asked.
         """
+        if not isinstance(data, dict):
+            data = as_batch_dict(data)
         pos = data[keys.POSITIONS]
         cell = data[keys.CELL]
         batch = data[keys.BATCH]

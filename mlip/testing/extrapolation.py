@@ -152,30 +152,6 @@ def bowl_summary(factors, e: np.ndarray) -> dict[str, float]:
             "rise_expanded": float(e[-1] - e[k]), "monotone": float(monotone)}
 
 
-def curve_summary(distances, e: np.ndarray, limit: float, r_eq: float) -> dict[str, float]:
-    """Pair curve: repulsion at short range and the approach to the dissociation limit.
-
-    Args:
-        distances: increasing, from well inside the bond to past the cutoff [Å].
-        e: energies there [eV].
-        limit: the dissociation limit [eV] (fragments apart: e.g. the sum of E0s).
-        r_eq: the equilibrium bond length [Å] (the distance nearest to it is the reference).
-
-    Returns:
-        ``wall`` = E(shortest) - E(r_eq) [eV] (positive: repulsive core), ``well`` = lowest
-        energy minus E(r_eq) [eV] (a hole if far below 0), ``limit_error`` = E(longest) -
-        limit [eV], ``max_step`` = the largest |E(r_k+1) - E(r_k)| beyond 1.5 r_eq [eV]
-        (smoothness of the tail), ``short_range_monotone`` (1.0 if the energy only falls
-        from the shortest distance up to r_eq).
-    """
-    r, e = np.asarray(distances, dtype=float), np.asarray(e, dtype=float)
-    k_eq = int(np.argmin(np.abs(r - r_eq)))
-    tail = np.abs(np.diff(e[r >= 1.5 * r_eq])) if np.sum(r >= 1.5 * r_eq) > 1 else np.zeros(1)
-    return {"wall": float(e[0] - e[k_eq]), "well": float(e.min() - e[k_eq]),
-            "limit_error": float(e[-1] - limit), "max_step": float(tail.max()),
-            "short_range_monotone": float(np.all(np.diff(e[: k_eq + 1]) <= 0))}
-
-
 def offset_free_mae(e: np.ndarray, reference: np.ndarray) -> float:
     """Mean |(e - e.mean()) - (ref - ref.mean())| [same unit]: the profile error with the
     constant offset between two methods removed."""

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mlip.cache import process_alive
+from mlip.training.lightning_import import L
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
+class AtomicCheckpointIO(L.pytorch.plugins.io.TorchCheckpointIO):
     """``TorchCheckpointIO`` with write-to-temporary-then-rename saves."""
 
     def save_checkpoint(

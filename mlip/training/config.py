@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mlip.training.schema import RunConfig, TrainingConfig, resolve_section
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,96 +46,51 @@ def parse_yaml(text_or_stream) -> Any:
     """Parse config YAML (safe: plain data only)."""
     return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
-DEFAULTS: dict[str, Any] = {
-    "run_name": "run",
-    "seed": 0,
-    "output_dir": "checkpoints",
-    "data": {
-        "train": None,  # extxyz/ASE file(s) or .lmdb
-        "val": None,  # separate validation file(s); else a seeded split of train
-        "val_fraction": 0.1,
-        "val_size": None,  # absolute number of validation structures (wins over fraction)
-        "max_train": None,  # cap the training split (for quick runs)
-        "test": [],  # held-out files evaluated at the end of training
-        "e0s": "least_squares",  # or an isolated-atoms file
-        "cutoff": 5.0,
-        "batch_size": 5,
-        "max_atoms_per_batch": None,  # atom budget per training batch (replaces batch_size)
-        "val_batch_size": 20,
-        "num_workers": 0,
-        "energy_key": None,
-        "forces_key": None,
-        "stress_key": None,
-        "allow_missing_labels": False,  # frames may lack labels frame 0 of their file has
-    },
-    "model": {
-        "dtype": "float32",
-        "backbone": {
-            "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
-            "init_args": {},
-        },
-        # ZBL nuclear repulsion core (mlip.model.repulsion): pure ZBL and no learned pair
-        # below inner x d_ref, the learned part alone above outer x d_ref, where d_ref is
-        # each element pair's shortest distance in the training split (reference: data) or
-        # its covalent-radius sum (reference: covalent); null: none.
-        "repulsion": {"inner": 0.5, "outer": 0.85, "reference": "data"},
-        # How the per-element mean interaction energy enters (mlip.model.potential):
-        # per_element (a neighbour-independent constant) | coordination (legacy) | none.
-        "baseline": "per_element",
-        # Train a per-element correction to that constant (forces and stress unaffected;
-        # measured: acac energies and Cu's lattice constant, docs/history.md, The energy
-        # expression).
-        "learn_shift": True,
-    },
-    "training": {
-        "max_epochs": 100,
-        "max_time": None,  # "DD:HH:MM:SS"
-        "optimizer": "adam",  # adam | adamw
-        "lr": 0.01,
-        "weight_decay": 0.0,
-        "amsgrad": True,
-        "scheduler": "plateau",  # plateau | cosine | none
-        "plateau_factor": 0.8,
-        "plateau_patience": 50,
-        "energy_weight": 1.0,
-        "forces_weight": 100.0,
-        # Stress MSE in (eV/Å^3)^2 against per-atom energy MSE in eV^2: a strain error
-        # costs sigma * V_atom per atom, V_atom^2 ~ 100-150 Å^6 for metals, so 100 weighs
-        # stress like energy. At 1.0 a Cu model kept a constant 15 GPa pressure error and
-        # a lattice constant 6 % off; at 100 the bulk modulus stayed 19 % soft. Cu in
-        # 15 CPU-min (docs/history.md, The stress weight): 3000 gave B -9.6 and
-        # -10.0 % in two runs, on the goal's edge; 5000 gives -7.4 and -8.6 % (seeds 0, 1) at
-        # the same force MAE and a within 0.1 %; 10000: -6 % but force MAE +15 %, vacancy
-        # and surface energies worse. Molecules have no stress: they are unaffected.
-        "stress_weight": 5000.0,
-        # Second stage (MACE's SWA stage): larger energy weight for the last epochs.
-        "stage_two_start": None,  # epoch, or a fraction of max_epochs when < 1
-        "stage_two_energy_weight": 1000.0,
-        "stage_two_forces_weight": 100.0,
-        "stage_two_lr": None,
-        # Symmetry without equivariant layers (TransIP and friends):
-        "augment_rotations": False,  # rotate every training batch randomly (baseline)
-        "equivariance_weight": 0.0,  # weight of the learned-equivariance loss (> 0 enables)
-        "equivariance_max_angle": 180.0,  # its rotations: Haar-uniform at 180, else angle <= this [deg]
-        "equivariance_objective": "regression",  # regression | contrastive (InfoNCE over atoms)
-        "equivariance_transform": "wigner",  # T(R): wigner | wigner_mix (learned channel mixing)
-        "equivariance_temperature": 0.1,  # InfoNCE temperature (contrastive)
-        "equivariance_schedule": "constant",  # constant | warmup | warmup_decay (over the budget)
-        "equivariance_warmup": 0.1,  # fraction of the budget to ramp the weight up
-        "equivariance_final": 0.1,  # warmup_decay: weight at the end, as a fraction of the weight
-        "ema_decay": 0.99,  # 0 disables EMA
-        "gradient_clip": 10.0,
-        "early_stopping_patience": None,  # epochs without val-loss improvement
-        "accelerator": "auto",
-        "devices": 1,
-        "num_nodes": 1,
-        "strategy": "auto",
-        "threads": None,  # torch intra-op threads on CPU
-        "log_every_n_steps": 10,
-        "check_val_every_n_epoch": 1,
-        "enable_progress_bar": True,
-    },
+DEFAULTS: dict[str, Any] = resolve_section(RunConfig, {})
+"""The resolved defaults (see :mod:`mlip.training.schema` for every section and its types)."""
+
+# The flat ``training`` keys of earlier configs -> their place in the nested sections.
+MOVED: dict[str, str] = {
+    **{k: f"optim.{k}" for k in ("optimizer", "lr", "weight_decay", "amsgrad", "gradient_clip")},
+    **{k: f"loss.{k}" for k in ("energy_weight", "forces_weight", "stress_weight")},
+    **{k: f"schedule.{k}" for k in ("max_epochs", "max_time", "scheduler", "plateau_factor",
+                                    "plateau_patience", "early_stopping_patience")},
+    **{f"stage_two_{k}": f"stage_two.{k}" for k in ("start", "energy_weight", "forces_weight", "lr")},
+    "augment_rotations": "symmetry.augment_rotations",
+    **{f"equivariance_{k}": f"symmetry.equivariance.{k}"
+       for k in ("weight", "max_angle", "objective", "transform", "temperature", "schedule",
+                 "warmup", "final")},
+    "ema_decay": "ema.decay",
+    **{k: f"trainer.{k}" for k in ("accelerator", "devices", "num_nodes", "strategy", "threads",
+                                   "log_every_n_steps", "check_val_every_n_epoch",
+                                   "enable_progress_bar")},
 }
+
+
+def _note_moved(old: str, new: str) -> None:
+    print(f"mlip: config key training.{old} is now training.{new} (still read; please update)",
+          file=sys.stderr, flush=True)
+
+
+def upgrade_training(training: Any, where: str = "training") -> Any:
+    """Move the flat keys of an earlier ``training`` section (:data:`MOVED`) into the nested
+    sections, with a one-line note per key on stderr; anything else is left for validation.
+    A nested value given as well wins over the flat one."""
+    if not isinstance(training, dict) or not any(k in MOVED for k in training):
+        return training
+    out = {k: v for k, v in training.items() if k not in MOVED}
+    for old, value in training.items():
+        if old not in MOVED:
+            continue
+        _note_moved(old, MOVED[old])
+        *parents, leaf = MOVED[old].split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{where}.{part}: expected a mapping, got {node!r}")
+        node.setdefault(leaf, value)
+    return out
 
 
 def deep_update(base: dict, other: dict, replace: frozenset[str] = frozenset({"init_args"})) -> dict:
@@ -203,10 +161,11 @@ def load_preset(name: str | Path, config_dir: Path | None) -> tuple[dict, dict]:
     if unknown:
         raise ValueError(f"backbone preset {path}: unknown key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(PRESET_KEYS)}")
-    training = preset.get("training") or {}
-    unknown = set(training) - set(DEFAULTS["training"])
-    if unknown:
-        raise ValueError(f"backbone preset {path}: unknown training option(s) {sorted(unknown)}")
+    training = upgrade_training(preset.get("training") or {}, f"{path}: training")
+    try:
+        resolve_section(TrainingConfig, training, "training")
+    except ValueError as err:
+        raise ValueError(f"backbone preset {path}: {err}") from None
     backbone = {"class_path": preset["class_path"],
                 "init_args": copy.deepcopy(preset.get("init_args") or {})}
     return backbone, copy.deepcopy(training)
@@ -232,14 +191,24 @@ def resolve_backbone(backbone: Any, config_dir: Path | None) -> tuple[Any, dict]
         block["init_args"] = deep_update(block["init_args"], backbone.get("init_args") or {},
                                          replace=frozenset())
         return block, training
+    if backbone is not None and not isinstance(backbone, dict):
+        raise ValueError(f"model.backbone: expected a preset path, {{preset, init_args}} or "
+                         f"{{class_path, init_args}}, got {backbone!r}")
     return backbone, {}
 
 
 def _apply_user_override(user: dict, override: str) -> None:
-    """:func:`apply_override` on the user's (not yet resolved) config; a dotted key below a
-    preset string (``model.backbone.init_args.channels=16`` on ``model.backbone: X.yaml``)
-    first turns it into ``{preset: X.yaml}``."""
-    dotted = override.split("=", 1)[0].strip()
+    """:func:`apply_override` on the user's (not yet resolved) config; a flat key of an
+    earlier layout (``training.lr``, :data:`MOVED`) is moved to its nested key with a note,
+    and a dotted key below a preset string (``model.backbone.init_args.channels=16`` on
+    ``model.backbone: X.yaml``) first turns it into ``{preset: X.yaml}``."""
+    dotted, sep, raw = override.partition("=")
+    dotted = dotted.strip()
+    head, _, rest = dotted.partition(".")
+    if sep and head == "training" and rest in MOVED:
+        _note_moved(rest, MOVED[rest])
+        override = f"training.{MOVED[rest]}={raw}"
+        dotted = f"training.{MOVED[rest]}"
     model = user.get("model")
     backbone = model.get("backbone") if isinstance(model, dict) else None
     if dotted.startswith("model.backbone.") and isinstance(backbone, str):
@@ -248,7 +217,12 @@ def _apply_user_override(user: dict, override: str) -> None:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Resolve a run config: DEFAULTS <- backbone preset's training <- YAML file <- overrides.
+    """Resolve a run config: defaults <- backbone preset's training <- YAML file <- overrides.
+
+    The sections, their keys, types and defaults are in :mod:`mlip.training.schema`; every
+    section rejects unknown keys and wrong values with one line naming the full key. The flat
+    ``training`` keys of earlier configs (``training.lr``) are still read, each with a note
+    naming its new key (:data:`MOVED`: ``training.optim.lr``), in files, presets and overrides.
 
     ``model.backbone`` takes one of three forms:
 
@@ -266,19 +240,21 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     init_args overrides). ``model.backbone.init_args.channels=16`` works on top of a preset.
 
     A preset's ``training`` section holds defaults the backbone needs (TransIP: rotation
-    augmentation, a smaller lr). Precedence, lowest first: DEFAULTS, the preset's training
-    section, the run config's own sections, command-line overrides. To know what the user set,
-    the YAML and the overrides are merged first, the preset is resolved, and the result is laid
-    over DEFAULTS + the preset's training. The returned config always holds a full backbone
-    block, so the run's saved config.yaml needs no preset files.
+    augmentation, a smaller lr). Precedence, lowest first: the defaults, the preset's training
+    section, the run config's own sections, command-line overrides. The returned config always
+    holds a full backbone block, so the run's saved config.yaml needs no preset files.
 
     Args:
         path: the run config YAML, or None (defaults + overrides only).
         overrides: ``dotted.key=value`` strings, values parsed as YAML.
 
     Returns:
-        The resolved config (same keys as DEFAULTS). Relative data paths stay relative to the
-        cwd; ``data.train``, ``data.val`` and ``data.test`` are lists.
+        The resolved config, plain data with every key of :data:`DEFAULTS`. Relative data
+        paths stay relative to the cwd; ``data.train``, ``data.val`` and ``data.test`` are
+        lists (``val`` may be None).
+
+    Raises:
+        ValueError: one line naming the key, the value and what is allowed.
     """
     user: dict = {}
     config_dir = None
@@ -290,9 +266,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             user = parse_yaml(fh) or {}
         if not isinstance(user, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
-        unknown = set(user) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+        if "training" in user:
+            user["training"] = upgrade_training(user["training"])
         config_dir = path.parent
     for override in overrides:
         _apply_user_override(user, override)
@@ -300,13 +275,5 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if isinstance(user.get("model"), dict) and "backbone" in user["model"]:
         user["model"]["backbone"], preset_training = resolve_backbone(
             user["model"]["backbone"], config_dir)
-    config = deep_update(DEFAULTS, {"training": preset_training})
-    config = deep_update(config, user)
-    for section in ("data", "training"):
-        unknown = set(config[section]) - set(DEFAULTS[section])
-        if unknown:
-            raise ValueError(f"unknown {section} option(s) {sorted(unknown)}")
-    for key in ("train", "val", "test"):
-        if isinstance(config["data"][key], str):
-            config["data"][key] = [config["data"][key]]
-    return config
+    merged = deep_update({"training": preset_training}, user) if preset_training else user
+    return resolve_section(RunConfig, merged)

@@ -1,152 +1,38 @@
 """LightningDataModule: LMDB datasets, seeded splits, statistics of the training split.
 
-Inputs may be any ASE-readable file (converted once to an LMDB cache in
-``mlip.cache.cache_dir("data")``, reused while the file is unchanged; nothing is written
-beside the user's file) or an mlip LMDB.
+Inputs may be any ASE-readable file or an mlip LMDB (opened by :mod:`mlip.data.open`:
+structure files are converted once into the user cache folder, nothing is written beside
+the user's file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+from mlip.training.lightning_import import L  # isort: split
+
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from mlip.cache import cache_dir
-from mlip.data.convert import convert
-from mlip.data.lmdb import LmdbDataset, split_indices, write_metadata
-from mlip.data.shards import ShardedDataset, dataset_stat_path, is_sharded, open_dataset
-from mlip.data.stats import (
-    DatasetStatistics,
-    StatisticsAccumulator,
-    compute_statistics,
-    e0s_from_file,
+from mlip.data.lmdb import LmdbDataset, split_indices
+from mlip.data.open import (
+    ensure_lmdb,
+    key_mapping,
+    load_statistics,
+    merged_shard_statistics,
+    open_datasets,
+    store_statistics,
 )
+from mlip.data.shards import open_dataset
+from mlip.data.stats import DatasetStatistics, compute_statistics, e0s_from_file
 from mlip.graph.build import GraphDataset, collate
 from mlip.graph.stats import closest_pairs, count_edges
+from mlip.ranks import local_rank
 from mlip.training.batching import StructureBatchSampler
-from mlip.training.ranks import local_rank
-
-CACHE_DIR_NAME = ".mlip_cache"  # where older versions put conversions: beside the data file
-
-
-def cache_path_for(path: Path, key_mapping: dict[str, str | None]) -> Path:
-    """Where the LMDB cache of ``path`` lives: the user cache folder (``$MLIP_CACHE_DIR``
-    moves it), in a subfolder per data folder; the name changes when the file changes."""
-    st = path.stat()
-    tag = json.dumps([path.name, st.st_size, st.st_mtime_ns, key_mapping], sort_keys=True)
-    digest = hashlib.sha1(tag.encode()).hexdigest()[:12]
-    folder = cache_dir("data") / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
-    return folder / f"{path.stem}-{digest}.lmdb"
-
-
-def ensure_lmdb(path: str | Path, key_mapping: dict[str, str | None] | None = None) -> Path:
-    """Return an mlip dataset for ``path``: itself if it is one (an LMDB file or a shard
-    folder), else its (possibly new) cache (a structure file, or a folder of .aselmdb files)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    if path.suffix == ".lmdb" or is_sharded(path):
-        return path
-    key_mapping = key_mapping or {}
-    out = cache_path_for(path, key_mapping)
-    if out.exists():
-        return out
-    if local_rank() != 0:  # another process of this node converts; wait for the rename
-        for _ in range(6000):
-            if out.exists():
-                return out
-            time.sleep(0.1)
-        raise TimeoutError(f"waited 10 min for {out} to be written by local rank 0")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    convert(
-        [path],
-        out,
-        energy_key=key_mapping.get("energy_key"),
-        forces_key=key_mapping.get("forces_key"),
-        stress_key=key_mapping.get("stress_key"),
-        progress=False,
-        allow_missing_labels=bool(key_mapping.get("allow_missing_labels")),
-    )
-    return out
-
-
-def is_conversion_cache(path: str | Path) -> bool:
-    """Whether ``path`` is an LMDB that mlip converted itself (a cache it may write to),
-    as opposed to a dataset the user gave: training never writes into those."""
-    path = Path(path).resolve()
-    return path.parent.name == CACHE_DIR_NAME or cache_dir("data").resolve() in path.parents
-
-
-def _statistics_file(dataset: LmdbDataset | ShardedDataset, name: str) -> Path:
-    """Where statistics of a user's LMDB are cached: the user cache folder, keyed by the
-    file's real path, size and modification time."""
-    path = dataset_stat_path(dataset.path).resolve()
-    st = path.stat()
-    tag = json.dumps([str(path), st.st_size, st.st_mtime_ns, name])
-    return cache_dir("statistics") / f"{hashlib.sha1(tag.encode()).hexdigest()[:16]}.json"
-
-
-def _load_statistics(dataset: LmdbDataset | ShardedDataset, name: str) -> dict[str, Any] | None:
-    if is_conversion_cache(dataset.path):
-        return dataset.metadata(name)
-    found = _statistics_file(dataset, name)
-    if not found.is_file():
-        return dataset.metadata(name)  # stored by `mlip data convert --cutoff`, say
-    try:
-        return json.loads(found.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _store_statistics(dataset: LmdbDataset | ShardedDataset, name: str, blob: dict[str, Any]) -> None:
-    """Cache training-split statistics: inside mlip's own conversion caches, else in the
-    user cache folder; never inside a dataset the user gave."""
-    try:
-        if is_conversion_cache(dataset.path):
-            write_metadata(dataset.path, name, blob)
-            return
-        target = _statistics_file(dataset, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(blob))
-        os.replace(tmp, target)
-    except OSError:
-        pass  # read-only locations: statistics are recomputed next time
-
-
-def open_datasets(paths: list[str], data_cfg: dict[str, Any]) -> list[LmdbDataset | ShardedDataset]:
-    mapping = {k: data_cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
-    if data_cfg.get("allow_missing_labels"):
-        mapping["allow_missing_labels"] = True  # (absent otherwise: cache names stay)
-    return [open_dataset(ensure_lmdb(p, mapping)) for p in paths]
-
-
-def _merge_shard_statistics(train_sets, train_idx: np.ndarray, e0s, cutoff: float):
-    """Training statistics from the per-shard sums in the manifests, without reading a
-    record, when the training split is every structure of sharded data sets converted with
-    the same cutoff and E0 settings (neighbors and closest pairs counted); else None."""
-    total = sum(len(ds) for ds in train_sets)
-    if len(train_idx) != total or not all(isinstance(ds, ShardedDataset) for ds in train_sets):
-        return None
-    merged = None
-    for ds in train_sets:
-        for state in ds.statistics_states() or [None]:
-            if state is None or state["cutoff"] != cutoff or not (state["counted"] and state["pairs"]):
-                return None
-            given = None if state["e0s"] is None else {int(z): e for z, e in state["e0s"].items()}
-            if given != e0s:
-                return None
-            part = StatisticsAccumulator.from_state(state)
-            merged = part if merged is None else merged.merge(part)
-    return None if merged is None else merged.finalize()
 
 
 class PotentialDataModule(L.LightningDataModule):
@@ -171,11 +57,11 @@ class PotentialDataModule(L.LightningDataModule):
         cfg = self.cfg
         if not cfg["train"]:
             raise ValueError("data.train is not set: give the training file(s)")
-        train_sets = open_datasets(cfg["train"], cfg)
+        train_sets = open_datasets(cfg["train"], key_mapping(cfg))
         full = ConcatDataset(train_sets) if len(train_sets) > 1 else train_sets[0]
         if cfg["val"]:
             train_idx = np.arange(len(full))
-            val = open_datasets(cfg["val"], cfg)
+            val = open_datasets(cfg["val"], key_mapping(cfg))
             self.val_set = ConcatDataset(val) if len(val) > 1 else val[0]
         else:
             size = cfg["val_size"]
@@ -208,7 +94,7 @@ class PotentialDataModule(L.LightningDataModule):
             raise ValueError(f"{where}: element(s) {names} are not in the training data "
                              f"(elements {trained}); the model cannot predict them")
 
-        mapping = {k: self.cfg.get(k) for k in ("energy_key", "forces_key", "stress_key")}
+        mapping = key_mapping(self.cfg)
         for path in list(self.cfg["val"] or []) + list(self.cfg["test"] or []):
             if Path(path).exists():
                 extra = set(open_dataset(ensure_lmdb(path, mapping)).header["elements"]) - known
@@ -235,10 +121,10 @@ class PotentialDataModule(L.LightningDataModule):
         name = f"statistics/v3/train-{tag}/cutoff={cfg['cutoff']:g}"
         single = len(train_sets) == 1
         if single:
-            cached = _load_statistics(train_sets[0], name)
+            cached = load_statistics(train_sets[0], name)
             if cached:
                 return DatasetStatistics.from_dict(cached)
-        stats = _merge_shard_statistics(train_sets, train_idx, e0s, cfg["cutoff"])
+        stats = merged_shard_statistics(train_sets, train_idx, e0s, cfg["cutoff"])
         if stats is not None:
             return stats
         stats = compute_statistics(
@@ -249,7 +135,7 @@ class PotentialDataModule(L.LightningDataModule):
             pair_distances=closest_pairs,
         )
         if single and local_rank() == 0:
-            _store_statistics(train_sets[0], name, stats.to_dict())
+            store_statistics(train_sets[0], name, stats.to_dict())
         return stats
 
     def data_info(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Held-out evaluation of a Potential on data files (any ASE-readable file or LMDB)."""
+"""Held-out evaluation of a model on data files (any ASE-readable file or LMDB): an adapter
+over the inference engine (:class:`mlip.inference.engine.ForceField`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlip.data import keys
+from mlip.data.open import ensure_lmdb
 from mlip.data.shards import open_dataset
-from mlip.graph.build import GraphDataset, collate
-from mlip.model.compiled import CompiledModel
+from mlip.graph.build import GraphDataset, as_batch_dict, collate
+from mlip.inference.engine import ForceField
 from mlip.model.potential import Potential
-from mlip.training.datamodule import ensure_lmdb
 from mlip.training.metrics import metric_sums, summarize
 
 
 def evaluate_file(
-    model: Potential,
+    model: ForceField | Potential,
     path: str | Path,
     batch_size: int = 20,
     key_mapping: dict[str, str | None] | None = None,
@@ -28,8 +29,11 @@ def evaluate_file(
     progress: bool = True,
     compile: bool = False,
 ) -> dict[str, Any]:
-    """Errors of ``model`` on one file (``compile``: through AOTInductor packages, one per
-    batch size, cached; see :mod:`mlip.model.compiled`).
+    """Errors of a model on one file, batch by batch through the engine.
+
+    Args:
+        model: the engine, or a Potential (run where it is; ``compile``: through
+            AOTInductor packages, one per batch size, cached; see :mod:`mlip.inference.compiled`).
 
     Returns:
         dict with 'file', 'structures', 'atoms' and e_mae/e_rmse [meV],
@@ -37,29 +41,28 @@ def evaluate_file(
         forces), s_mae/s_rmse [meV/Å^3] (when it has stress); with ``keep_predictions`` also
         'predictions' (numpy arrays of reference and predicted energies and forces).
     """
-    param = next(model.parameters())
+    if isinstance(model, ForceField):
+        engine = model
+    else:
+        param = next(model.parameters())
+        engine = ForceField(model, device=param.device, dtype=param.dtype, compile=compile)
     dataset = open_dataset(ensure_lmdb(path, key_mapping))
     has_stress = bool(dataset.header.get("labels", {}).get("stress", 0))
-    unknown = sorted(set(dataset.header.get("elements", [])) - set(model.atomic_numbers))
+    unknown = sorted(set(dataset.header.get("elements", [])) - set(engine.atomic_numbers))
     if unknown:  # one line naming element and file, not an index error deep in the model
-        model.check_elements(unknown, where=str(path))
+        engine.check_elements(unknown, where=str(path))
     loader = DataLoader(
-        GraphDataset(dataset, model.cutoff, dtype=param.dtype), batch_size=batch_size,
+        GraphDataset(dataset, engine.cutoff, dtype=engine.dtype), batch_size=batch_size,
         collate_fn=collate,
         generator=torch.Generator(),  # its own: iterating never draws from the global RNG
     )
-    compiled = CompiledModel(model) if compile else None
     sums = None
     atoms = 0
     kept: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("e_ref", "e_pred", "n", "f_ref", "f_pred")}
     for batch in tqdm(loader, desc=f"eval {Path(path).name}", disable=not progress, leave=False):
-        data = {k: v.to(param.device) for k, v in batch.items()}
-        if compiled is not None:
-            out = compiled(data, has_stress)
-        else:
-            out = model(data, compute_forces=True, compute_stress=has_stress)
-        out = {k: v.detach() for k, v in out.items()}
+        data = {k: v.to(engine.device) for k, v in as_batch_dict(batch).items()}
+        out = {k: v.detach() for k, v in engine.evaluate(data, has_stress).items()}
         s = metric_sums(out, data)
         sums = s if sums is None else sums + s
         atoms += int(data[keys.NUM_ATOMS].sum())
@@ -79,7 +82,7 @@ def evaluate_file(
 
 
 def evaluate(
-    model: Potential | str | Path,
+    model: ForceField | Potential | str | Path,
     path: str | Path,
     batch_size: int = 20,
     key_mapping: dict[str, str | None] | None = None,
@@ -89,11 +92,8 @@ def evaluate(
 
     >>> # mlip.evaluate("checkpoints/quickstart/model.pt", "data/acac/test_MD_300K.xyz")["f_mae"]
     """
-    if not isinstance(model, Potential):
-        from mlip.model.io import load_model
-
-        model = load_model(model, device=device)
-    return evaluate_file(model, path, batch_size, key_mapping, progress=False)
+    engine = model if isinstance(model, ForceField) else ForceField(model, device=device)
+    return evaluate_file(engine, path, batch_size, key_mapping, progress=False)
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

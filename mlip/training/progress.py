@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from lightning.pytorch.callbacks import Callback
+from mlip.training.lightning_import import L
 
 
 def format_seconds(seconds: float) -> str:
@@ -27,7 +27,7 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class EpochLines(Callback):
+class EpochLines(L.Callback):
     """Print one line per finished epoch (and a heartbeat inside long epochs) on rank 0.
 
     The line of epoch k is printed when epoch k + 1 starts (the module has reduced epoch k's

@@ -12,62 +12,72 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+from mlip.training.lightning_import import L  # isort: split
+
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlip.model.io import load_model, save_model
+from mlip.ranks import global_rank
+from mlip.training.callbacks import StagedBest, StagedEarlyStopping, StageTwo
 from mlip.training.checkpoint_io import AtomicCheckpointIO
 from mlip.training.config import max_time_seconds
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
 from mlip.training.module import PotentialModule
 from mlip.training.progress import EpochLines
-from mlip.training.ranks import global_rank
 
 
 def run_dir_of(config: dict[str, Any]) -> Path:
     return Path(config["output_dir"]) / config["run_name"]
 
 
-def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(config: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, StagedBest]:
+    """The Lightning Trainer of a run and its best-checkpoint callback.
+
+    ``last.ckpt`` (every epoch, for ``--resume``) is Lightning's ModelCheckpoint without a
+    monitor; ``best.ckpt`` and early stopping rank epochs only within the current stage
+    (:mod:`mlip.training.callbacks`), so the exported model is stage two's best.
+    """
     tc = config["training"]
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
-        save_last=True, save_top_k=1,
-    )
-    callbacks: list = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    sc, trainer_cfg = tc["schedule"], tc["trainer"]
+    checkpoints = run_dir / "checkpoints"
+    best = StagedBest(checkpoints, monitor="val/loss")
+    last = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    callbacks: list = [StageTwo(tc["stage_two"]["start"], tc["stage_two"]["lr"]), best, last,
+                       LearningRateMonitor(logging_interval="epoch")]
     # A bar only on a terminal; elsewhere (a log file, a pipe, a batch job) a line per epoch.
-    progress_bar = bool(tc["enable_progress_bar"]) and sys.stdout.isatty()
+    progress_bar = bool(trainer_cfg["enable_progress_bar"]) and sys.stdout.isatty()
     if not progress_bar:
-        callbacks.append(EpochLines(max_epochs=tc["max_epochs"] if tc["max_epochs"] < 10**5 else None,
-                                    max_time=max_time_seconds(tc["max_time"])))
-    if tc["early_stopping_patience"]:
-        callbacks.append(EarlyStopping("val/loss", patience=int(tc["early_stopping_patience"])))
+        callbacks.append(EpochLines(max_epochs=sc["max_epochs"] if sc["max_epochs"] < 10**5 else None,
+                                    max_time=max_time_seconds(sc["max_time"])))
+    if sc["early_stopping_patience"]:
+        callbacks.append(StagedEarlyStopping(sc["early_stopping_patience"], monitor="val/loss"))
     trainer = L.Trainer(
         default_root_dir=run_dir,
-        max_epochs=tc["max_epochs"],
-        max_time=tc["max_time"],
-        accelerator=tc["accelerator"],
-        devices=tc["devices"],
-        num_nodes=tc["num_nodes"],
-        strategy=tc["strategy"],
-        gradient_clip_val=tc["gradient_clip"],
+        max_epochs=sc["max_epochs"],
+        max_time=sc["max_time"],
+        accelerator=trainer_cfg["accelerator"],
+        devices=trainer_cfg["devices"],
+        num_nodes=trainer_cfg["num_nodes"],
+        strategy=trainer_cfg["strategy"],
+        gradient_clip_val=tc["optim"]["gradient_clip"],
         logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
         callbacks=callbacks,
         inference_mode=False,
-        log_every_n_steps=tc["log_every_n_steps"],
-        check_val_every_n_epoch=tc["check_val_every_n_epoch"],
+        log_every_n_steps=trainer_cfg["log_every_n_steps"],
+        check_val_every_n_epoch=trainer_cfg["check_val_every_n_epoch"],
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # our batch samplers split the data between ranks
     )
-    return trainer, checkpoint
+    return trainer, best
 
 
 def export_model(module: PotentialModule, checkpoint_path: str | None, path: Path) -> Path:
@@ -84,7 +94,7 @@ def export_model(module: PotentialModule, checkpoint_path: str | None, path: Pat
 @contextlib.contextmanager
 def process_state_restored():
     """Undo what a training run changes in its process: environment variables (Lightning's
-    seeding and DDP launcher set some), torch's thread count (``training.threads``) and the
+    seeding and DDP launcher set some), torch's thread count (``training.trainer.threads``) and the
     global torch/numpy/python random states (``seed_everything``). Nothing in a run sets the
     default dtype (tests/training/test_process_state.py checks it)."""
     env = dict(os.environ)
@@ -143,9 +153,9 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
         from mlip.training.config import load_config
 
         config = load_config(config, overrides)
-    tc = config["training"]
-    if tc["threads"]:
-        torch.set_num_threads(int(tc["threads"]))
+    threads = config["training"]["trainer"]["threads"]
+    if threads:
+        torch.set_num_threads(int(threads))
     L.seed_everything(config["seed"], workers=True, verbose=False)
     run_dir = run_dir_of(config)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -9,7 +9,7 @@ transformation T(R) of the original's, T_R(Z(x)) (:class:`RotationTransform`):
   from the flattened rotation matrix and trained jointly with the model (the last layer
   starts at zero, so training starts from the pure Wigner-D action).
 
-Two forms of the loss (``training.equivariance_objective``): ``regression``
+Two forms of the loss (``training.symmetry.equivariance.objective``): ``regression``
 (:func:`equivariance_loss`, per-degree normalised squared error) and ``contrastive``
 (:func:`contrastive_equivariance_loss`, InfoNCE: each atom's transformed embedding must pick
 out its own rotated copy among all atoms of the batch). The weight follows a schedule over
@@ -19,11 +19,15 @@ the training budget (:func:`equivariance_weight`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlip.backbones.base import BackboneOutputs
 from mlip.data import keys
 from mlip.ops.sh import num_components, wigner_d
 
@@ -47,8 +51,9 @@ def rotate_batch(data: dict[str, torch.Tensor], rotations: torch.Tensor) -> dict
     return out
 
 
+# The names the config accepts (training.symmetry.equivariance.*; validated on loading by
+# mlip.training.schema); the objectives' table is OBJECTIVES, below the loss functions.
 TRANSFORMS = ("wigner", "wigner_mix")
-OBJECTIVES = ("regression", "contrastive")
 SCHEDULES = ("constant", "warmup", "warmup_decay")
 
 
@@ -66,7 +71,7 @@ class RotationTransform(nn.Module):
     def __init__(self, channels: int, lmax: int, kind: str = "wigner", hidden: int = 64) -> None:
         super().__init__()
         if kind not in TRANSFORMS:
-            raise ValueError(f"training.equivariance_transform must be one of {TRANSFORMS}, got {kind!r}")
+            raise ValueError(f"training.symmetry.equivariance.transform must be one of {TRANSFORMS}, got {kind!r}")
         self.channels, self.lmax, self.kind = int(channels), int(lmax), kind
         self.net = None
         if kind == "wigner_mix":
@@ -129,7 +134,7 @@ def equivariance_weight(weight: float, schedule: str, fraction: float, warmup: f
     ``warmup``, linear from 0 over the first ``warmup`` fraction; ``warmup_decay``, that
     warm-up, then a cosine decay to ``final`` x weight at the end of the budget."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"training.equivariance_schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"training.symmetry.equivariance.schedule must be one of {SCHEDULES}, got {schedule!r}")
     fraction = min(max(float(fraction), 0.0), 1.0)
     if schedule == "constant":
         return weight
@@ -169,3 +174,63 @@ def equivariance_loss(
         scale = embedding[..., block].detach().square().mean().clamp(min=1e-12)
         loss = loss + (embedding_rotated[..., block] - target[..., block]).square().mean() / scale
     return loss
+
+
+Objective = Callable[..., torch.Tensor]
+# objective name -> (settings -> loss function of (Z, Z(R x), R, batch, lmax, T))
+OBJECTIVES: dict[str, Callable[[dict[str, Any]], Objective]] = {
+    "regression": lambda settings: equivariance_loss,
+    "contrastive": lambda settings: partial(contrastive_equivariance_loss,
+                                            temperature=settings["temperature"]),
+}
+
+
+class EquivarianceTerm(nn.Module):
+    """The learned-equivariance objective as a training loss term: rotate the batch, run the
+    model on the copy (energies only), compare the embeddings through T(R), weight by the
+    schedule. Created by :meth:`create` when the backbone declares an equivariant embedding
+    and the config gives it a weight; T(R) is trained with the model, never exported.
+
+    Args:
+        lmax: degree L of the embedding.
+        channels: its channels C.
+        settings: ``training.symmetry.equivariance`` (weight, max_angle, objective,
+            transform, temperature, schedule, warmup, final).
+    """
+
+    name = "equivariance"
+
+    def __init__(self, lmax: int, channels: int, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.lmax = int(lmax)
+        self.settings = dict(settings)
+        self.transform = RotationTransform(channels, lmax, settings["transform"])
+        self.objective = OBJECTIVES[settings["objective"]](settings)
+
+    @classmethod
+    def create(cls, outputs: BackboneOutputs, settings: dict[str, Any]) -> EquivarianceTerm | None:
+        """The term for a backbone declaring ``outputs``, or None when the weight is 0."""
+        if settings["weight"] <= 0:
+            return None
+        if outputs.embedding_lmax is None or outputs.embedding_channels is None:
+            raise ValueError("training.symmetry.equivariance.weight > 0 needs a backbone that "
+                             "declares an equivariant embedding (outputs.embedding_lmax and "
+                             "embedding_channels, e.g. TransIPBackbone); set it to 0")
+        return cls(outputs.embedding_lmax, outputs.embedding_channels, settings)
+
+    def forward(self, model: nn.Module, data: dict[str, torch.Tensor], pred: dict[str, torch.Tensor],
+                rotations: torch.Tensor, fraction: float) -> tuple[torch.Tensor, float]:
+        """``(loss, weight)`` for a batch and the model's prediction on it.
+
+        Args:
+            model: the Potential.
+            data: the (possibly augmented) batch the prediction was made on.
+            pred: the model's output on ``data`` (with EQUIVARIANT_EMBEDDING).
+            rotations: (B, 3, 3) rotations, one per structure (of at most ``max_angle``).
+            fraction: the used fraction of the training budget (for the schedule).
+        """
+        rotated = model(rotate_batch(data, rotations), compute_forces=False)
+        loss = self.objective(pred[keys.EQUIVARIANT_EMBEDDING], rotated[keys.EQUIVARIANT_EMBEDDING],
+                              rotations, data[keys.BATCH], self.lmax, self.transform)
+        s = self.settings
+        return loss, equivariance_weight(s["weight"], s["schedule"], fraction, s["warmup"], s["final"])

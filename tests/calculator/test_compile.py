@@ -12,7 +12,7 @@ import torch
 from ase.build import bulk
 
 from mlip.calculator import MLIPCalculator
-from mlip.model import compiled as compiled_module
+from mlip.inference import compiled as compiled_module
 
 
 def moving_calls(atoms, calcs, steps=4):
@@ -40,7 +40,7 @@ def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, m
     for (e_ref, f_ref), (e, f) in zip(ref, got, strict=True):
         assert e == pytest.approx(e_ref, rel=1e-10, abs=1e-10)
         np.testing.assert_allclose(f, f_ref, rtol=1e-10, atol=1e-10)
-    package = first.compiled.packages[(1, False, True)]
+    package = first.compiled.packages[(1, False)]
     assert package is not None and not package.from_cache
     assert package.path.parent == tmp_path / "compiled" and package.path.exists()
     assert [p.name for p in package.path.parent.iterdir()] == [package.path.name]  # no temp left
@@ -51,7 +51,7 @@ def test_aot_compiled_equals_eager_and_is_reused(trained_acac_model, tmp_path, m
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
     second = MLIPCalculator(model, device="cpu", compile=True)
     (again,) = moving_calls(frames[0], [second], steps=2)
-    assert second.compiled.packages[(1, False, True)].from_cache
+    assert second.compiled.packages[(1, False)].from_cache
     # The same package; with several threads its scatter kernels add in a varying order
     # (atomic adds), so equal to rounding, not bit for bit.
     np.testing.assert_allclose(again[1][1], got[1][1], rtol=1e-12, atol=1e-12)
@@ -72,7 +72,7 @@ def test_aot_float32_and_stress(copper_model, tmp_path, monkeypatch):
         a.calc = MLIPCalculator(model, device="cpu", compile=mode, fixed_shapes=fixed)
         out[mode, fixed] = (a.get_potential_energy(), a.get_forces(), a.get_stress())
         if mode == "aot":  # the fixed-shape batch has a ghost structure: B = 2
-            assert a.calc.compiled.packages[(2 if fixed else 1, True, True)] is not None
+            assert a.calc.compiled.packages[(2 if fixed else 1, True)] is not None
     for key in (("aot", False), ("aot", True)):
         for ref, got in zip(out["none", False], out[key], strict=True):
             scale = np.abs(ref).max()
@@ -94,7 +94,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(trained_acac_model
         ref, got = moving_calls(frames[0], [eager, calc], steps=2)
     messages = [str(w.message) for w in caught if "compiling the model failed" in str(w.message)]
     assert len(messages) == 1 and "\n" not in messages[0] and "no C++ compiler here" in messages[0]
-    assert calc.compiled.packages[(1, False, True)] is None
+    assert calc.compiled.packages[(1, False)] is None
     for (e_ref, f_ref), (e, f) in zip(ref, got, strict=True):
         assert e == e_ref and np.array_equal(f, f_ref)
     assert not list(tmp_path.rglob("*.pt2"))  # nothing half-written

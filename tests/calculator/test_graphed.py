@@ -17,7 +17,7 @@ from mlip.calculator import MLIPCalculator
 from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
 from mlip.graph.skin import SkinNeighborList
-from mlip.model.graphed import GraphedForceField
+from mlip.inference.graphed import GraphedForceField
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

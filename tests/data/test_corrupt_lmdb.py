@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from mlip.cli.main import main
-from mlip.data.lmdb import LmdbDataset, LmdbFormatError, LmdbWriter, write_metadata
+from mlip.data.lmdb import LmdbDataset, LmdbFormatError
+from mlip.data.lmdb_writer import LmdbWriter, write_metadata
 from mlip.data.structure import Structure
 
 

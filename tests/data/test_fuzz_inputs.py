@@ -1,7 +1,7 @@
 """Fuzzed structure files: broken extxyz text and broken ASE inputs.
 
 Every case goes through `mlip data convert` (the CLI, in process) and through the
-training-time conversion (:func:`mlip.training.datamodule.ensure_lmdb`). Either the input is
+training-time conversion (:func:`mlip.data.open.ensure_lmdb`). Either the input is
 still valid and the output is a readable dataset of valid structures, or the result is one
 line naming the file (and the frame, where one frame is at fault), never a traceback, and
 nothing that looks like a dataset is left behind. Cases a mutation makes invalid by
@@ -26,8 +26,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip.cli.main import main
 from mlip.data.lmdb import LmdbDataset
+from mlip.data.open import CACHE_DIR_NAME, cache_path_for, ensure_lmdb
 from mlip.data.structure import InvalidStructureError
-from mlip.training.datamodule import CACHE_DIR_NAME, cache_path_for, ensure_lmdb
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402

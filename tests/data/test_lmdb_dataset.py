@@ -12,14 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mlip import __version__
-from mlip.data.lmdb import (
-    SCHEMA_VERSION,
-    LmdbDataset,
-    LmdbFormatError,
-    LmdbWriter,
-    split_indices,
-    write_metadata,
-)
+from mlip.data.lmdb import SCHEMA_VERSION, LmdbDataset, LmdbFormatError, split_indices
+from mlip.data.lmdb_writer import LmdbWriter, write_metadata
 from mlip.data.readers import iter_structures
 
 torch.set_num_threads(1)

@@ -124,7 +124,7 @@ def _is_mirrored(edge_index, shifts):
 @pytest.mark.parametrize("backend", ["vesin", "torch"])
 def test_neighbor_list_is_mirrored_and_complete(case, backend):
     """neighbor_list's order: edge H + k is edge k reversed, the set is the brute-force set
-    (so a model may evaluate radial functions on one half, keys.EDGE_MIRRORED)."""
+    (so a model may evaluate radial functions on one half, the invariant of mlip.data.keys)."""
     _, pos, cell, pbc, cutoff = case
     if backend == "torch":
         got = neighbor_list(torch.tensor(pos), torch.tensor(cell), torch.tensor(pbc), cutoff, backend="torch")

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_quickstart_model_runs_10_ps_of_nve(tmp_path: Path, capsys) -> None:
     config = REPO / "configs" / "quickstart.yaml"
     assert main(["train", "--config", str(config), f"output_dir={tmp_path}", "run_name=qs",
-                 "training.max_time=00:00:02:00", "data.test=[]",
-                 "training.enable_progress_bar=false"]) == 0
+                 "training.schedule.max_time=00:00:02:00", "data.test=[]",
+                 "training.trainer.enable_progress_bar=false"]) == 0
     model = tmp_path / "qs" / "model.pt"
     log, traj = tmp_path / "md.log", tmp_path / "md.xyz"
     assert main(["md", str(model), str(REPO / "data" / "acac" / "test_MD_300K.xyz"),

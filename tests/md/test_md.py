@@ -11,6 +11,7 @@ from ase.calculators.emt import EMT
 from mlip.calculator import MLIPCalculator
 from mlip.cli.main import main
 from mlip.data import keys
+from mlip.inference import ForceField
 from mlip.md.ase_driver import ENSEMBLES, MDInstabilityError, MDSettings, run_md
 from mlip.md.replicas import run_replicas
 from mlip.model.io import save_model
@@ -181,8 +182,7 @@ def test_replicas_match_separate_ase_runs(stable_acac_model, ensemble):
     model, frames = stable_acac_model
     settings = MDSettings(ensemble=ensemble, temperature_K=300, timestep_fs=0.5, steps=30,
                           friction_per_fs=0.01, seed=7, progress=False)
-    calc = MLIPCalculator(model, device="cpu", min_distance=None)
-    batched = run_replicas(calc, frames[4], settings, k=3)
+    batched = run_replicas(ForceField(model, device="cpu", min_distance=None), frames[4], settings, k=3)
     for r, (pos, vel) in enumerate(_ase_runs(model, frames[4], settings, 3)):
         np.testing.assert_allclose(batched["positions"][r], pos, atol=1e-9)
         np.testing.assert_allclose(batched["velocities"][r], vel, atol=1e-9)
@@ -197,8 +197,8 @@ def test_periodic_replicas_match_ase_with_pressure_log(copper_model, tiny, tmp_p
     atoms = ase.io.read(tiny / "cu_emt_10.xyz", 3)
     settings = MDSettings(ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=6, log_every=3,
                           seed=3, progress=False)
-    calc = MLIPCalculator(copper_model, device="cpu", fixed_shapes=fixed_shapes)
-    batched = run_replicas(calc, atoms,
+    engine = ForceField(copper_model, device="cpu", fixed_shapes=fixed_shapes)
+    batched = run_replicas(engine, atoms,
                            MDSettings(**{**settings.__dict__, "log": str(tmp_path / "rep.log")}), k=2)
     rows = np.loadtxt(tmp_path / "rep.log")
     assert rows.shape == (6, 8)  # 3 logged steps x 2 replicas; replica, time, 4 energies/T, P, V
@@ -215,7 +215,7 @@ def test_replica_skin_reuse_equals_rebuilding(stable_acac_model):
     model, frames = stable_acac_model
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=100, seed=1,
                           progress=False)
-    runs = [run_replicas(MLIPCalculator(model, device="cpu", skin=skin, fixed_shapes=fixed), frames[3],
+    runs = [run_replicas(ForceField(model, device="cpu", skin=skin, fixed_shapes=fixed), frames[3],
                          settings, k=2)
             for skin, fixed in ((1.0, False), (0.0, False), (1.0, True))]
     assert runs[0]["neighbor_builds"] < runs[1]["neighbor_builds"] / 5
@@ -256,12 +256,12 @@ def test_replica_blow_up_is_caught_at_the_next_check(stable_acac_model, monkeypa
     from mlip.md import replicas as replicas_module
 
     model, frames = stable_acac_model
-    calc = MLIPCalculator(model, device="cpu", min_distance=None)
+    engine = ForceField(model, device="cpu", min_distance=None)
     calls = []
-    evaluate = calc.evaluate
+    evaluate = engine.evaluate
 
-    def poisoned(data, stress):
-        out = dict(evaluate(data, stress))
+    def poisoned(data, stress, forces=True):
+        out = dict(evaluate(data, stress, forces))
         calls.append(None)
         if len(calls) > 3:
             forces = out[keys.FORCES].clone()
@@ -269,9 +269,9 @@ def test_replica_blow_up_is_caught_at_the_next_check(stable_acac_model, monkeypa
             out[keys.FORCES] = forces
         return out
 
-    monkeypatch.setattr(calc, "evaluate", poisoned)
+    monkeypatch.setattr(engine, "evaluate", poisoned)
     settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=50, seed=0,
                           progress=False, log_every=100)
     with pytest.raises(MDInstabilityError, match=r"step 10: the model returned NaN/inf for replica\(s\) \[1\]"):
-        run_replicas(calc, frames[4], settings, k=3)
+        run_replicas(engine, frames[4], settings, k=3)
     assert replicas_module.CHECK_EVERY == 10

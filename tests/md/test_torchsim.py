@@ -14,8 +14,8 @@ from ase.build import bulk, molecule
 ts = pytest.importorskip("torch_sim", reason="optional extra mlip[torchsim] not installed")
 
 from mlip.calculator import MLIPCalculator  # noqa: E402
-from mlip.calculator.calculator import AtomsTooCloseError, NonFiniteOutputError  # noqa: E402
-from mlip.md.torchsim import MLIPModel  # noqa: E402
+from mlip.inference.errors import AtomsTooCloseError, NonFiniteOutputError  # noqa: E402
+from mlip.integrations.torchsim import MLIPModel  # noqa: E402
 from mlip.model.build import build_potential  # noqa: E402
 from mlip.model.io import save_model  # noqa: E402
 from mlip.model.potential import UnknownElementError  # noqa: E402
@@ -122,7 +122,7 @@ def test_flags_dtype_files_and_errors(potential, acac_backbone, tmp_path):
         MLIPModel(broken, device="cpu")(state64)
     squeezed = copper()
     squeezed.positions[1] = squeezed.positions[0] + [0.3, 0.0, 0.0]
-    too_close = r"torch-sim system 1: atoms [01] .* 0.300 Å apart.*MLIPModel\(min_distance=None\)"
+    too_close = r"torch-sim system 1: atoms [01] .* 0.300 Å apart.*min_distance=None disables"
     with pytest.raises(AtomsTooCloseError, match=too_close):
         model(ts.initialize_state([copper(), squeezed], CPU, torch.float32))
 
@@ -184,7 +184,7 @@ def test_importing_mlip_does_not_import_torch_sim():
 
 
 def test_missing_torch_sim_says_what_to_install(monkeypatch):
-    monkeypatch.delitem(sys.modules, "mlip.md.torchsim")
+    monkeypatch.delitem(sys.modules, "mlip.integrations.torchsim")
     monkeypatch.setitem(sys.modules, "torch_sim", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'mlip\[torchsim\]'"):
-        import mlip.md.torchsim  # noqa: F401
+        import mlip.integrations.torchsim  # noqa: F401

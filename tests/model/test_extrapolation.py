@@ -33,8 +33,9 @@ def _train(tmp, bundled_acac, name, model_extra):
         "model": {"dtype": "float32",
                   "backbone": {"preset": str(CONFIGS / "backbone" / "cg.yaml"), "init_args": SMALL},
                   **model_extra},
-        "training": {"max_epochs": 30, "lr": 0.02, "threads": 2, "enable_progress_bar": False,
-                     "stage_two_start": None},
+        "training": {"schedule": {"max_epochs": 30}, "optim": {"lr": 0.02},
+                     "trainer": {"threads": 2, "enable_progress_bar": False},
+                     "stage_two": {"start": None}},
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

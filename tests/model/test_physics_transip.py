@@ -1,7 +1,10 @@
-"""TransIP: exact translation/permutation invariance, measured (not assumed) rotation
-error, forces = -dE/dr, and the learned-equivariance objective reducing the error."""
+"""TransIP: the backbone suite (:mod:`mlip.testing.backbone_suite`; exact translation,
+permutation, forces = -dE/dr, stress, locality, periodic images, batching; rotation error
+measured, not assumed), and the learned-equivariance objective reducing the error."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import ase.io
 import pytest
@@ -12,6 +15,7 @@ from mlip.graph.build import atoms_to_batch
 from mlip.model.build import build_potential
 from mlip.ops.rotations import random_rotations
 from mlip.testing import physics
+from mlip.testing.backbone_suite import BackboneTests, Tolerances
 from mlip.training.symmetry import equivariance_loss, rotate_batch
 
 BACKBONE = {
@@ -32,16 +36,25 @@ def frames(bundled_acac):
     return ase.io.read(bundled_acac / "train_300K.xyz", ":20")
 
 
-def test_translation_permutation_exact_and_fd_forces(frames):
-    model = make_model().double()
-    for err in (physics.measure_translation_error(model, frames[0]),
-                physics.measure_permutation_error(model, frames[0])):
-        assert err["energy"] < 1e-12 and err["forces"] < 1e-10, err
-    assert physics.measure_force_fd_error(model, frames[1]) < 1e-6
-    assert physics.measure_isolated_atom_error(model) < 1e-10
-    loc = physics.measure_locality_error(model, frames[2])
-    assert loc["energy"] < 1e-12 and loc["forces"] < 1e-10
-    assert physics.measure_cutoff_continuity(model) < 1e-9
+class TestTransIP(BackboneTests):
+    backbone = {
+        "class_path": "mlip.backbones.transip.TransIPBackbone",
+        "init_args": {"width": 16, "depth": 2, "heads": 2, "edge_width": 16, "num_radial": 6,
+                      "embedding_channels": 4, "embedding_lmax": 2, "readout_hidden": 16},
+    }
+    # No built-in rotation symmetry: an untrained TransIP is far from equivariant (see
+    # test_rotation_is_not_built_in for the lower bound, and the training tests below).
+    # Measured 2026-12-07 on the suite's random models, seeds 0-3 (model and rotations),
+    # ethanol and the triclinic Cu cell, proper and improper, float64 and float32 alike:
+    # energy up to 1.6e-2 eV/atom, forces up to 1.9 and stress up to 2.2 (relative). The
+    # bounds (~5x) catch a blow-up, not a lack of symmetry. Every other check is exact.
+    tolerances = dataclasses.replace(
+        Tolerances(),
+        rotation_energy={torch.float64: 0.1, torch.float32: 0.1},
+        rotation_forces={torch.float64: 10.0, torch.float32: 10.0},
+    )
+    compile_init_args = {"width": 8, "depth": 1, "edge_width": 8, "num_radial": 4,
+                         "embedding_lmax": 1, "readout_hidden": 8}
 
 
 def test_rotation_is_not_built_in(frames):
@@ -158,7 +171,7 @@ def test_rotation_transform_starts_as_wigner_and_learns():
     assert torch.allclose(plain(z, rot, batch), mixed(z, rot, batch), atol=1e-6)
     mixed(z, rot, batch).square().sum().backward()
     assert mixed.net[-1].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="equivariance_transform"):
+    with pytest.raises(ValueError, match="equivariance.transform"):
         RotationTransform(4, 2, "learned")
 
 
@@ -193,7 +206,7 @@ def test_equivariance_weight_schedules():
     assert equivariance_weight(2.0, "warmup_decay", 0.1, warmup=0.1, final=0.25) == pytest.approx(2.0)
     assert equivariance_weight(2.0, "warmup_decay", 1.0, warmup=0.1, final=0.25) == pytest.approx(0.5)
     assert equivariance_weight(2.0, "warmup_decay", 0.55, warmup=0.1, final=0.25) == pytest.approx(1.25)
-    with pytest.raises(ValueError, match="equivariance_schedule"):
+    with pytest.raises(ValueError, match="equivariance.schedule"):
         equivariance_weight(1.0, "cyclic", 0.5)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from mlip.model import compiled as compiled_module
+from mlip.inference import compiled as compiled_module
 from mlip.model.build import build_potential
 from mlip.testing import physics
 

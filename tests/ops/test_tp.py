@@ -106,11 +106,17 @@ def test_resolve_rejects_non_tensor_products():
 
 
 def test_every_short_name_resolves():
-    """The short names are a convenience over class paths: each must stay importable."""
-    from mlip.ops.tp import ALIASES
+    """Short names come from the classes themselves: every shipped product declares one,
+    each resolves to its own class, and an unknown name lists the known ones."""
+    from mlip.ops.tp import short_names
 
-    for short, path in ALIASES.items():
+    table = short_names()
+    assert set(table) == {"cg", "gaunt", "gaunt-grid", "gaunt-fourier", "cp"}
+    for short, path in table.items():
         assert resolve_tensor_product(short) is resolve_tensor_product(path)
+        assert short in resolve_tensor_product(path).short_names
+    with pytest.raises(ValueError, match="or one of cg"):
+        resolve_tensor_product("cgg")
 
 
 SHARED_FORMS = [(impl, {}) for impl in IMPLEMENTATIONS] + [

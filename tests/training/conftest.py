@@ -26,7 +26,20 @@ def tiny_data(tiny, bundled_acac, tmp_path, monkeypatch) -> Path:
 def write_config(acac_backbone) -> Callable[..., Path]:
     """``write_config(folder, **training)``: a 2-epoch float64 config on ``tiny_data``'s files
     (20 frames: 14 train, 6 val; the held-out test file is the same acac_20.xyz), training
-    options overridden by ``training``; returns the path of ``folder/config.yaml``."""
+    options overridden by ``training``, named by their short names (``lr``, ``stage_two_start``)
+    and written to their nested keys (``training.optim.lr``; the mapping
+    :data:`mlip.training.config.MOVED`); returns the path of ``folder/config.yaml``."""
+    from mlip.training.config import MOVED
+
+    def nest(flat: dict) -> dict:
+        out: dict = {}
+        for key, value in flat.items():
+            *parents, leaf = MOVED[key].split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
 
     def write(folder: Path, **training) -> Path:
         config = {
@@ -38,9 +51,9 @@ def write_config(acac_backbone) -> Callable[..., Path]:
                      "e0s": str(folder / "acac" / "isolated_atoms.xyz"),
                      "batch_size": 4, "val_batch_size": 3, "cutoff": 4.0},
             "model": {"dtype": "float64", "backbone": acac_backbone},
-            "training": {"max_epochs": 2, "lr": 0.005, "enable_progress_bar": False,
-                         "threads": 1, "stage_two_start": 1, "log_every_n_steps": 1,
-                         **training},
+            "training": nest({"max_epochs": 2, "lr": 0.005, "enable_progress_bar": False,
+                              "threads": 1, "stage_two_start": 1, "log_every_n_steps": 1,
+                              **training}),
         }
         path = folder / "config.yaml"
         path.write_text(yaml.safe_dump(config))

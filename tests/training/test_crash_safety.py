@@ -59,7 +59,7 @@ _CHILD = textwrap.dedent(
             time.sleep(3600)
 
     if point in ("transaction", "commit"):
-        import mlip.data.lmdb as module
+        import mlip.data.lmdb_writer as module
         put_all = module._put_all
 
         class StopHalfway(list):

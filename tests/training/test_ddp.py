@@ -75,7 +75,7 @@ def test_two_gloo_processes_match_one(tiny_data, write_config, tiny) -> None:
     # one process, 8 structures a step; two processes, 4 each: the same global batches
     _train(cfg, tiny_data, *common, "run_name=one", "data.batch_size=8")
     _train(cfg, tiny_data, *common, "run_name=two", "data.batch_size=4",
-           "training.devices=2", "training.strategy=ddp")
+           "training.trainer.devices=2", "training.trainer.strategy=ddp")
     one, epoch_one = _weights(tiny_data / "runs" / "one")
     two, epoch_two = _weights(tiny_data / "runs" / "two")
     assert epoch_one == epoch_two == 2
@@ -91,7 +91,7 @@ def test_two_gloo_processes_match_one(tiny_data, write_config, tiny) -> None:
     assert len(list((run / "checkpoints").glob("best*.ckpt"))) == 1
     assert (run / "model.pt").is_file()
     # the same two processes started by torchrun, and by srun
-    ddp = [*common, "data.batch_size=4", "training.devices=2", "training.strategy=ddp"]
+    ddp = [*common, "data.batch_size=4", "training.trainer.devices=2", "training.trainer.strategy=ddp"]
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2")
     _train(cfg, tiny_data, *ddp, "run_name=torchrun", launcher=torchrun)
@@ -102,7 +102,7 @@ def test_two_gloo_processes_match_one(tiny_data, write_config, tiny) -> None:
         assert epoch == 2 and _max_difference(one, weights) < 1e-9
     # a 2-process checkpoint of 2 epochs resumes in 1 process to the 3-epoch result
     _train(cfg, tiny_data, *common, "run_name=resumed", "data.batch_size=4",
-           "training.devices=2", "training.strategy=ddp", "training.max_epochs=2")
+           "training.trainer.devices=2", "training.trainer.strategy=ddp", "training.schedule.max_epochs=2")
     _train(cfg, tiny_data, *common, "run_name=resumed", "data.batch_size=8", "--resume")
     resumed, epoch = _weights(tiny_data / "runs" / "resumed")
     print(f"DDP checkpoint resumed in one process: max |dw| = {_max_difference(one, resumed):.2e}")

@@ -60,8 +60,8 @@ def test_switch_backbone_with_one_override_and_train(few_frames, name):
     args = ["train", "--config", str(CONFIGS / "quickstart.yaml"),
             f"model.backbone=backbone/{name}.yaml", f"run_name={name}",
             f"output_dir={tmp / 'runs'}", f"data.train={tmp / 'frames.xyz'}", "data.val_size=2",
-            "data.test=[]", f"data.e0s={tmp / 'isolated_atoms.xyz'}", "training.max_epochs=1",
-            "training.threads=1", "training.enable_progress_bar=false"]
+            "data.test=[]", f"data.e0s={tmp / 'isolated_atoms.xyz'}", "training.schedule.max_epochs=1",
+            "training.trainer.threads=1", "training.trainer.enable_progress_bar=false"]
     assert main(args) == 0
     run = tmp / "runs" / name
     assert (run / "model.pt").is_file()
@@ -69,9 +69,9 @@ def test_switch_backbone_with_one_override_and_train(few_frames, name):
     preset = yaml.safe_load((CONFIGS / "backbone" / f"{name}.yaml").read_text())
     assert saved["model"]["backbone"]["class_path"] == preset["class_path"]
     if name == "transip":  # the preset's training defaults reach the run ...
-        assert saved["training"]["augment_rotations"] is True
+        assert saved["training"]["symmetry"]["augment_rotations"] is True
         # ... except what the run config sets itself: quickstart.yaml's lr wins (precedence)
-        assert saved["training"]["lr"] == 0.02
+        assert saved["training"]["optim"]["lr"] == 0.02
 
 
 # --- precedence and merging (no training) ---------------------------------------------------
@@ -88,7 +88,8 @@ def preset_dir(tmp_path, monkeypatch):
         "class_path": "mlip.backbones.equivariant.EquivariantBackbone",
         "init_args": {"channels": 8, "lmax_sh": 1,
                       "tensor_product": "cp", "tensor_product_args": {"rank": 4}},
-        "training": {"lr": 0.002, "augment_rotations": True, "stage_two_lr": 0.0002},
+        "training": {"optim": {"lr": 0.002}, "symmetry": {"augment_rotations": True},
+                     "stage_two": {"lr": 0.0002}},
     })
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -98,24 +99,26 @@ def preset_dir(tmp_path, monkeypatch):
 def test_preset_training_defaults_and_precedence(preset_dir):
     # Preset training defaults apply over DEFAULTS.
     cfg = load_config(write(preset_dir / "a.yaml", {"model": {"backbone": "backbone/toy.yaml"}}))
-    assert cfg["training"]["lr"] == 0.002 and cfg["training"]["augment_rotations"] is True
-    assert cfg["training"]["max_epochs"] == DEFAULTS["training"]["max_epochs"]
+    tc = cfg["training"]
+    assert tc["optim"]["lr"] == 0.002 and tc["symmetry"]["augment_rotations"] is True
+    assert tc["schedule"] == DEFAULTS["training"]["schedule"]
     assert cfg["model"]["backbone"]["init_args"]["channels"] == 8
     # The run config's own training section wins over the preset's.
     path = write(preset_dir / "b.yaml", {"model": {"backbone": "backbone/toy.yaml"},
-                                         "training": {"lr": 0.05}})
+                                         "training": {"optim": {"lr": 0.05}}})
     cfg = load_config(path)
-    assert cfg["training"]["lr"] == 0.05 and cfg["training"]["stage_two_lr"] == 0.0002
+    assert cfg["training"]["optim"]["lr"] == 0.05 and cfg["training"]["stage_two"]["lr"] == 0.0002
     # Command-line overrides win over both.
-    cfg = load_config(path, ["training.lr=0.1", "training.stage_two_lr=0.01"])
-    assert cfg["training"]["lr"] == 0.1 and cfg["training"]["stage_two_lr"] == 0.01
+    cfg = load_config(path, ["training.optim.lr=0.1", "training.stage_two.lr=0.01"])
+    assert cfg["training"]["optim"]["lr"] == 0.1 and cfg["training"]["stage_two"]["lr"] == 0.01
     # A preset chosen on the command line brings its training defaults too...
-    plain = write(preset_dir / "c.yaml", {"training": {"max_epochs": 3}})
+    plain = write(preset_dir / "c.yaml", {"training": {"schedule": {"max_epochs": 3}}})
     cfg = load_config(plain, ["model.backbone=backbone/toy.yaml"])
-    assert cfg["training"]["lr"] == 0.002 and cfg["training"]["max_epochs"] == 3
+    assert cfg["training"]["optim"]["lr"] == 0.002
+    assert cfg["training"]["schedule"]["max_epochs"] == 3
     # ...and a full block replacing the preset drops them.
     cfg = load_config(path, ["model.backbone={class_path: x.Y, init_args: {}}"])
-    assert cfg["training"]["augment_rotations"] is False
+    assert cfg["training"]["symmetry"]["augment_rotations"] is False
     assert cfg["model"]["backbone"] == {"class_path": "x.Y", "init_args": {}}
 
 

@@ -77,7 +77,7 @@ def test_workflow_leaves_process_and_user_data_alone(tiny_data, write_config) ->
     config = yaml.safe_load(cfg.read_text())
     config["data"]["train"] = str(user)
     config["data"]["test"] = []
-    config["training"]["threads"] = 1  # asked for: the run uses 1, the process keeps 2
+    config["training"]["trainer"]["threads"] = 1  # asked for: the run uses 1, the process keeps 2
     cfg.write_text(yaml.safe_dump(config))
     cache = tiny_data / "cache"
     before = {p for p in tiny_data.rglob("*")}

@@ -40,7 +40,8 @@ def test_scheduler_and_max_train(tiny_data, write_config, capsys, scheduler, exp
 def test_unknown_scheduler_is_refused(tiny_data, write_config, capsys):
     cfg = write_config(tiny_data, scheduler="exponential")
     assert main(["train", "--config", str(cfg)]) == 1
-    assert "unknown scheduler 'exponential': use plateau, cosine or none" in capsys.readouterr().err
+    assert ("training.schedule.scheduler: expected one of plateau, cosine, none, got 'exponential'"
+            in capsys.readouterr().err)
 
 
 def test_best_checkpoint_is_chosen_within_stage_two(tiny_data, write_config):
@@ -53,7 +54,7 @@ def test_best_checkpoint_is_chosen_within_stage_two(tiny_data, write_config):
     # selection by the stage-one loss would keep epoch 0
     cfg = write_config(tiny_data, stage_two_start=1, stage_two_energy_weight=1000.0,
                        stage_two_forces_weight=0.0, stage_two_lr=0.05)
-    assert main(["train", "--config", str(cfg), "data.test=[]", "training.max_epochs=3"]) == 0
+    assert main(["train", "--config", str(cfg), "data.test=[]", "training.schedule.max_epochs=3"]) == 0
     run = tiny_data / "runs" / "tiny"
     summary = json.loads((run / "summary.json").read_text())
     best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
@@ -90,8 +91,8 @@ def test_cosine_anneals_over_the_time_budget_when_it_binds(tmp_path):
                               "num_layers": 1, "radial_hidden": 8}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"data": {"train": "train.xyz"}, "model": {"backbone": backbone},
-                                    "training": {"scheduler": "cosine", "max_epochs": 100,
-                                                 "max_time": "00:00:01:40"}}))
+                                    "training": {"schedule": {"scheduler": "cosine", "max_epochs": 100,
+                                                              "max_time": "00:00:01:40"}}}))
     info = {"atomic_numbers": [1, 6], "e0s": [-13.6, -1029.0], "scale": 1.0, "shift": 0.0,
             "cutoff": 4.0, "avg_num_neighbors": 8.0, "closest_pairs": {}}
     module = PotentialModule(load_config(path), info)

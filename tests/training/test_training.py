@@ -131,7 +131,7 @@ def test_resume_continues_exactly(tiny_data, write_config):
     cfg = write_config(tiny_data)
     assert main(["train", "--config", str(cfg), "run_name=straight"]) == 0
     assert main(["train", "--config", str(cfg), "run_name=split",
-                 "training.max_epochs=1"]) == 0
+                 "training.schedule.max_epochs=1"]) == 0
     assert main(["train", "--config", str(cfg), "run_name=split", "--resume"]) == 0
     a = torch.load(tiny_data / "runs" / "straight" / "model.pt", weights_only=True)
     b = torch.load(tiny_data / "runs" / "split" / "model.pt", weights_only=True)
@@ -176,9 +176,9 @@ def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, caps
     if objective == "contrastive":
         # T(R) trained jointly (its zero-initialised last layer moved), kept out of model.pt
         state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        assert state["rotation_transform.net.2.weight"].abs().sum() > 0
+        assert state["loss_terms.equivariance.transform.net.2.weight"].abs().sum() > 0
         exported = torch.load(run / "model.pt", weights_only=True)["state_dict"]
-        assert exported and not any("rotation_transform" in k for k in exported), list(exported)
+        assert exported and not any("transform" in k for k in exported), list(exported)
         assert set(exported) == set(load_model(run / "model.pt").state_dict())
     capsys.readouterr()
     assert main(["md", "--compile", "none", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"),

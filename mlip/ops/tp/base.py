@@ -51,9 +51,13 @@ class TensorProduct(nn.Module):
     also implements :meth:`shared_operand_factors`, which reduces it to a (K, Dout) matrix
     per row and index vectors (:class:`SharedFactors`); :func:`shared_product` then
     applies it to channel-last features. Message passing uses that form on every edge.
+
+    A class may declare ``short_names`` (a tuple of strings) that configs accept in place
+    of its class path (:func:`mlip.ops.tp.short_names` reads them; shipped classes only).
     """
 
     weight_numel: int
+    short_names: tuple[str, ...] = ()
 
     def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
         super().__init__()
@@ -122,7 +126,7 @@ _UNROLL_MAX = 4
 
 def _traced(x: torch.Tensor) -> bool:
     """Whether ``x`` is being traced for a graph compiler: torch.compile, or make_fx with
-    symbolic sizes (the export of :mod:`mlip.model.compiled`)."""
+    symbolic sizes (the export of :mod:`mlip.inference.compiled`)."""
     return torch.compiler.is_compiling() or isinstance(x.shape[0], torch.SymInt)
 
 

@@ -96,6 +96,8 @@ class CGTensorProduct(TensorProduct):
     torch.Size([5, 8, 4])
     """
 
+    short_names = ("cg",)  # accepted wherever a class path is (mlip.ops.tp.short_names)
+
     def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int) -> None:
         super().__init__(lmax_in1, lmax_in2, lmax_out)
         self.paths = cg_paths(lmax_in1, lmax_in2, lmax_out)

@@ -158,6 +158,8 @@ class CPTensorProduct(TensorProduct):
     torch.Size([3, 2, 4])
     """
 
+    short_names = ("cp",)  # accepted wherever a class path is (mlip.ops.tp.short_names)
+
     def __init__(self, lmax_in1: int, lmax_in2: int, lmax_out: int, rank: int | None = None,
                  share_weights: bool = True) -> None:
         super().__init__(lmax_in1, lmax_in2, lmax_out)

@@ -178,6 +178,8 @@ class GauntGridTensorProduct(_GauntTensorProduct):
     torch.Size([4, 3, 9])
     """
 
+    short_names = ("gaunt", "gaunt-grid")  # accepted wherever a class path is (mlip.ops.tp.short_names)
+
     def build_constants(self) -> dict[str, torch.Tensor]:
         matrices = gaunt_grid_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)
         return {**super().build_constants(), **dict(zip(("to1", "to2", "proj"), matrices, strict=True))}
@@ -306,6 +308,8 @@ class GauntFourierTensorProduct(_GauntTensorProduct):
     >>> tp(torch.randn(4, 3, 4), torch.randn(4, 1, 9), torch.ones(4, 3, tp.weight_numel)).shape
     torch.Size([4, 3, 9])
     """
+
+    short_names = ("gaunt-fourier",)  # accepted wherever a class path is (mlip.ops.tp.short_names)
 
     def build_constants(self) -> dict[str, torch.Tensor]:
         matrices = gaunt_fourier_matrices(self.lmax_in1, self.lmax_in2, self.lmax_out)

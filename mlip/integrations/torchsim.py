@@ -45,17 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlip.calculator.calculator import (
-    AtomsTooCloseError,
-    NonFiniteOutputError,
-    inference_model,
-    resolve_device,
-    too_close_message,
-)
 from mlip.data import keys
 from mlip.data.structure import Structure
-from mlip.graph.skin import SkinNeighborList
-from mlip.model.graphed import GraphedForceField
+from mlip.inference.engine import ForceField, TrackedSystems, as_engine
 from mlip.model.potential import Potential
 
 try:
@@ -63,8 +55,8 @@ try:
     from torch_sim.models.interface import ModelInterface
 except ImportError as err:
     raise ImportError(
-        "mlip.md.torchsim needs torch-sim, an optional dependency: pip install 'mlip[torchsim]' "
-        f"(or pip install torch-sim-atomistic) ({err})"
+        "mlip.integrations.torchsim needs torch-sim, an optional dependency: pip install "
+        f"'mlip[torchsim]' (or pip install torch-sim-atomistic) ({err})"
     ) from err
 
 __all__ = ["MLIPModel"]
@@ -73,11 +65,16 @@ __all__ = ["MLIPModel"]
 class MLIPModel(ModelInterface):
     """An mlip potential as a torch-sim model.
 
+    A thin adapter over :class:`mlip.inference.engine.ForceField`: the state's systems are
+    the engine's tracked systems (rebuilt when the set of systems or a cell changes).
+
     Args:
         model: a model file (``model.pt`` from ``mlip train``; loaded with
-            ``weights_only=True``) or a :class:`~mlip.model.potential.Potential` (used as
+            ``weights_only=True``), a :class:`~mlip.model.potential.Potential` (used as
             is, in eval mode, when device and dtype already match; else a moved copy, and
-            the caller's module keeps its device and dtype).
+            the caller's module keeps its device and dtype), or a
+            :class:`~mlip.inference.engine.ForceField` (its settings apply; leave the
+            options below at their defaults).
         device: where the model runs: "cpu", "cuda", "cuda:N", a ``torch.device``, or
             None / "auto" for CUDA when available.
         dtype: torch.float32 / torch.float64 (or their names); default the model's. torch-sim
@@ -85,23 +82,21 @@ class MLIPModel(ModelInterface):
             in it too.
         compute_forces: return ``forces`` (n_atoms, 3) [eV/Å].
         compute_stress: return ``stress`` (n_systems, 3, 3) [eV/Å^3] (ASE / torch-sim sign).
-        skin: Verlet skin [Å]; 0 rebuilds the neighbour lists every call.
-        min_distance: raise :class:`~mlip.calculator.calculator.AtomsTooCloseError` when two
-            atoms are closer than this [Å] (one device sync per call); None disables.
-        cuda_graphs: replay each force call from a CUDA graph (CUDA devices only; see
-            :class:`~mlip.calculator.calculator.MLIPCalculator`); implies ``fixed_shapes``.
-        fixed_shapes: the unfiltered, padded neighbour list of CUDA graphs (same results).
+        skin, min_distance, compile, cuda_graphs, fixed_shapes: as for
+            :class:`~mlip.inference.engine.ForceField` (``min_distance``: one device sync
+            per call; None disables).
 
     Attributes:
-        model: the wrapped Potential (eval mode, weights frozen when it is a copy).
-        neighbors: the skin neighbour list of the current systems (its ``builds`` counts
-            per-system graph builds).
-        graphs: with ``cuda_graphs`` a :class:`~mlip.model.graphed.GraphedForceField`; else None.
+        engine: the :class:`~mlip.inference.engine.ForceField`.
+        model: the engine's Potential (eval mode, weights frozen when it is a copy).
+        tracked: the engine's tracked systems of the current state (None before a call).
+        neighbors: their skin neighbour list (its ``builds`` counts per-system graph builds).
+        graphs: the engine's :class:`~mlip.inference.graphed.GraphedForceField`, or None.
     """
 
     def __init__(
         self,
-        model: str | Path | Potential,
+        model: str | Path | Potential | ForceField,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
@@ -109,29 +104,35 @@ class MLIPModel(ModelInterface):
         compute_stress: bool = True,
         skin: float = 0.5,
         min_distance: float | None = 0.5,
+        compile: bool | str = False,
         cuda_graphs: bool = False,
         fixed_shapes: bool | None = None,
     ) -> None:
         super().__init__()
-        device = resolve_device("auto" if device is None else device)
-        device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as states report it
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        self.model = inference_model(model, device, dtype, compile=False)
-        self._device = device
-        self._dtype = next(self.model.parameters()).dtype
+        self.engine = as_engine(model, "MLIPModel", device=device, dtype=dtype, compile=compile,
+                                cuda_graphs=cuda_graphs, fixed_shapes=fixed_shapes, skin=skin,
+                                min_distance=min_distance)
+        self.model = self.engine.model
+        self._device = self.engine.device
+        self._dtype = self.engine.dtype
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
         self._memory_scales_with = "n_atoms_x_density"  # a radial cutoff
-        self.cutoff = self.model.cutoff
-        self.min_distance = min_distance
-        if cuda_graphs and device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs a CUDA device, not {device}")
-        fixed = bool(cuda_graphs) if fixed_shapes is None else bool(fixed_shapes)
-        self.graphs = GraphedForceField(self._force_call) if cuda_graphs else None
-        self._graphs_forces = self._compute_forces  # the flag the graphs were captured with
-        self.neighbors = SkinNeighborList(self.cutoff, skin, self._dtype, self._device, fixed_shapes=fixed)
+        self.cutoff = self.engine.cutoff
+        self.min_distance = self.engine.min_distance
+        self.tracked: TrackedSystems | None = None
         self._systems: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def graphs(self):
+        """The engine's :class:`~mlip.inference.graphed.GraphedForceField`, or None."""
+        return self.engine.graphs
+
+    @property
+    def neighbors(self):
+        """The skin neighbour list of the current systems (its ``builds`` counts per-system
+        graph builds), or None before the first call."""
+        return None if self.tracked is None else self.tracked.neighbors
 
     # torch-sim's validator switches these on through setters; the base class refuses.
     @ModelInterface.compute_forces.setter
@@ -150,8 +151,8 @@ class MLIPModel(ModelInterface):
 
     def _reset(self, state: ts.SimState, numbers: torch.Tensor, sizes: torch.Tensor,
                cells: torch.Tensor, pbc: torch.Tensor) -> None:
-        """Check the elements and build every system's graph (host side, once per new set
-        of systems or cells)."""
+        """Track a new set of systems or cells (host side; the engine checks the elements
+        and builds every system's graph)."""
         z = numbers.cpu().numpy()
         pos = state.positions.detach().cpu().double().numpy()
         cell = cells.detach().cpu().double().numpy()
@@ -159,11 +160,11 @@ class MLIPModel(ModelInterface):
         structures = []
         for s in range(len(sizes)):
             lo, hi = bounds[s], bounds[s + 1]
-            self.model.check_elements(z[lo:hi], where=f"torch-sim system {s}")
             box = cell[s] if bool(pbc[s].any()) else np.zeros((3, 3))
             structures.append(Structure(z[lo:hi], pos[lo:hi], box, pbc[s].numpy(),
                                         source="<torch-sim state>", frame=s))
-        self.neighbors.reset(structures)
+        self._systems = None
+        self.tracked = self.engine.track(structures, where="torch-sim system")
         self._systems = (numbers, sizes, cells.detach().clone(), pbc)
 
     def _same_systems(self, numbers: torch.Tensor, sizes: torch.Tensor, cells: torch.Tensor,
@@ -174,35 +175,6 @@ class MLIPModel(ModelInterface):
         return (old_numbers.shape == numbers.shape and old_sizes.shape == sizes.shape
                 and torch.equal(old_pbc, pbc) and torch.equal(old_sizes, sizes)
                 and torch.equal(old_numbers, numbers) and torch.equal(old_cells, cells))
-
-    def _check_distances(self, numbers: torch.Tensor, system_idx: torch.Tensor,
-                         sizes: torch.Tensor) -> None:
-        pair = self.neighbors.closest_pair(self.min_distance)
-        if pair is None:
-            return
-        i, j, distance = pair
-        s = int(system_idx[i])
-        offset = int(sizes[:s].sum())
-        local = numbers[offset:offset + int(sizes[s])].cpu().numpy()
-        message = too_close_message(local, i - offset, j - offset, distance, self.min_distance)
-        # the shared message names the calculator's switch; here it is this class's
-        raise AtomsTooCloseError(f"torch-sim system {s}: "
-                                 + message.replace("MLIPCalculator(", "MLIPModel("))
-
-    def _check_finite(self, out: dict[str, torch.Tensor], system_idx: torch.Tensor) -> None:
-        energy = out[keys.ENERGY]
-        bad = ~torch.isfinite(energy)
-        if keys.FORCES in out:
-            atoms = (~torch.isfinite(out[keys.FORCES]).all(dim=1)).to(energy.dtype)
-            bad = bad | (torch.zeros_like(energy).index_add(0, system_idx, atoms) > 0)
-        if bool(bad.any()):  # one device sync
-            raise NonFiniteOutputError(
-                f"the model returned NaN/inf for torch-sim system(s) "
-                f"{bad.nonzero().flatten().tolist()[:10]}: far outside the training data "
-                "(check the geometry; in MD, a smaller timestep)")
-
-    def _force_call(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
-        return self.model(data, compute_forces=self._compute_forces, compute_stress=stress)
 
     def forward(self, state: ts.SimState | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Energy, forces and stress of every system in ``state``.
@@ -220,7 +192,7 @@ class MLIPModel(ModelInterface):
 
         Raises:
             UnknownElementError: elements the model was not trained on (names the system).
-            AtomsTooCloseError: two atoms closer than ``min_distance`` (names the system).
+            AtomsTooCloseError: two atoms closer than ``min_distance`` (names the system and atoms).
             NonFiniteOutputError: NaN/inf energy or forces (names the systems).
             ValueError: the state is on another device than the model.
         """
@@ -239,15 +211,8 @@ class MLIPModel(ModelInterface):
         pbc = self._pbc(state)
         if not self._same_systems(numbers, sizes, cells, pbc):
             self._reset(state, numbers, sizes, cells, pbc)
-        data = self.neighbors.batch(state.positions.detach())
-        self._check_distances(numbers, state.system_idx, sizes)
-        if self.graphs is not None and self._graphs_forces != self._compute_forces:
-            self.graphs = GraphedForceField(self._force_call)  # captured for the other flag
-            self._graphs_forces = self._compute_forces
-        with torch.enable_grad():
-            call = self._force_call if self.graphs is None else self.graphs
-            out = self.neighbors.real(call(data, self._compute_stress))
-        self._check_finite(out, state.system_idx)
+        out = self.tracked.compute(state.positions.detach(), stress=self._compute_stress,
+                                   forces=self._compute_forces)
         dtype = state.dtype
         result = {"energy": out[keys.ENERGY].detach().to(dtype)}
         if self._compute_forces:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -43,9 +44,9 @@ INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SH
 # Bump when the traced function changes meaning or its graph or build changes (3, 4: the
 # unrolled shared product and row-folded matmuls; 5: no index bounds checks;
 # 6: tabulated radial networks, copied operands of the degree-wise linear maps; 7: tables
-# exactly 0 beyond the cutoff, one-hot species without a range check), so old packages are
-# not reused.
-_FORMAT = 7
+# exactly 0 beyond the cutoff, one-hot species without a range check; 8: mirrored edges an
+# invariant, no marker input), so old packages are not reused.
+_FORMAT = 8
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2
@@ -76,16 +77,13 @@ def fingerprint(potential: torch.nn.Module) -> str:
 class _ForceFunction(torch.nn.Module):
     """The traced function: flat tensors in, flat tensors out (a frozen model copy)."""
 
-    def __init__(self, potential: torch.nn.Module, stress: bool, mirrored: bool) -> None:
+    def __init__(self, potential: torch.nn.Module, stress: bool) -> None:
         super().__init__()
         self.potential = potential
         self.stress = stress
-        self.mirrored = mirrored
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         data = dict(zip(INPUT_KEYS, tensors, strict=True))
-        if self.mirrored:  # a marker: its presence, not its value, selects the traced path
-            data[keys.EDGE_MIRRORED] = data[keys.PBC].new_ones(1)
         # One empty structure more (zero cell, no pbc, no atoms): with B = 1 the per-structure
         # sums would scatter into a one-element buffer, which torch 2.13's C++ vectoriser
         # cannot store to (an assertion in inductor's cpp codegen); with B + 1 it can.
@@ -126,13 +124,12 @@ def export_force_function(potential: torch.nn.Module, data: dict[str, torch.Tens
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    mirrored = keys.EDGE_MIRRORED in data
-    fn = _ForceFunction(_frozen_copy(potential, radial_table), stress, mirrored)
+    fn = _ForceFunction(_frozen_copy(potential, radial_table), stress)
     args = _example_inputs(data)
     graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     atoms = Dim("num_atoms", min=_MIN_ATOMS)
-    # A mirrored list has an even number of edges (pairs), which the traced halves assume.
-    edges = 2 * Dim("num_pairs", min=_MIN_EDGES // 2) if mirrored else Dim("num_edges", min=_MIN_EDGES)
+    # Edges come in mirrored pairs (mlip.data.keys): an even count, which the traced halves assume.
+    edges = 2 * Dim("num_pairs", min=_MIN_EDGES // 2)
     shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None, None, {0: atoms})
     return torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
 
@@ -148,7 +145,7 @@ class CompiledForceField:
             code does not check that edge indices and species lie in range.
         stress: also return the stress.
         cache: read and write packages in the cache folder (False: compile into a
-            temporary folder, nothing kept).
+            temporary folder, removed once the package is loaded).
 
     Attributes:
         path: the package file.
@@ -166,10 +163,9 @@ class CompiledForceField:
         device = example[keys.POSITIONS].device
         self.num_graphs = int(example[keys.CELL].shape[0])
         self.stress = stress
-        self.mirrored = keys.EDGE_MIRRORED in example
         key = hashlib.sha256("|".join(map(str, (
             fingerprint(potential), torch.__version__, device, dtype, self.num_graphs, stress,
-            self.mirrored, _FORMAT,
+            _FORMAT,
         ))).encode()).hexdigest()[:32]
         folder = cache_dir("compiled") if cache else Path(tempfile.mkdtemp(prefix="mlip-aoti-"))
         self.path = folder / f"{key}.pt2"
@@ -186,6 +182,9 @@ class CompiledForceField:
         except Exception as err:  # noqa: BLE001 - every failure means: fall back to eager
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CompileError(f"{type(err).__name__}: {first[:200]}") from err
+        finally:
+            if not cache:  # the loader keeps its own extracted copy: leave no folder behind
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _build(self, potential: torch.nn.Module, example: dict[str, torch.Tensor]) -> None:
         program = export_force_function(potential, example, self.stress)
@@ -205,8 +204,7 @@ class CompiledForceField:
         """Whether the package can evaluate this batch (else use the eager model)."""
         return (data[keys.POSITIONS].shape[0] >= _MIN_ATOMS
                 and data[keys.EDGE_INDEX].shape[1] >= _MIN_EDGES
-                and data[keys.CELL].shape[0] == self.num_graphs
-                and (keys.EDGE_MIRRORED in data) == self.mirrored)
+                and data[keys.CELL].shape[0] == self.num_graphs)
 
     def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ENERGY, ATOMIC_ENERGIES, FORCES (and STRESS) of the batch, as the eager model."""
@@ -227,8 +225,7 @@ class CompiledModel:
         cache: keep packages in the user cache folder (see :class:`CompiledForceField`).
 
     Attributes:
-        packages: (num_graphs, stress, mirrored edges) -> CompiledForceField, or None after a
-            failure.
+        packages: (num_graphs, stress) -> CompiledForceField, or None after a failure.
     """
 
     def __init__(self, potential: torch.nn.Module, cache: bool = True) -> None:
@@ -237,7 +234,7 @@ class CompiledModel:
         self.packages: dict[tuple[int, bool], CompiledForceField | None] = {}
 
     def __call__(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
-        key = (int(data[keys.CELL].shape[0]), bool(stress), keys.EDGE_MIRRORED in data)
+        key = (int(data[keys.CELL].shape[0]), bool(stress))
         if key not in self.packages:
             try:
                 self.packages[key] = CompiledForceField(self.potential, data, stress, self.cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlip.training.ranks import global_rank, local_rank
+from mlip.ranks import global_rank, local_rank
 
 _NAMES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID")
 
