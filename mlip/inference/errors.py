@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from ase.data import chemical_symbols
 
+from mlip.data import keys
 from mlip.model.potential import UnknownElementError
 
 __all__ = ["AtomsTooCloseError", "NonFiniteOutputError", "UnknownElementError",
@@ -49,8 +50,6 @@ def non_finite_message(what: str, atoms: list[int] | None = None) -> str:
 def non_finite_systems(out: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
     """(B,) bool on the device: the structures whose energy, forces, atomic energies or
     stress in ``out`` are not all finite (no host read)."""
-    from mlip.data import keys
-
     energy = out[keys.ENERGY]
     bad = ~torch.isfinite(energy)
     per_atom = []

@@ -63,6 +63,7 @@ class MLIPCalculator(Calculator):
                                 min_distance=min_distance)
         self._tracked: TrackedSystems | None = None
         self._system: tuple | None = None
+        self._previous_builds = 0  # builds of systems tracked before the current one
 
     # the engine's settings, for scripts and benchmarks
     model = property(lambda self: self.engine.model)
@@ -80,8 +81,6 @@ class MLIPCalculator(Calculator):
     def num_builds(self) -> int:
         """Neighbour-list builds so far (for tests and benchmarks)."""
         return 0 if self._tracked is None else self._tracked.builds + self._previous_builds
-
-    _previous_builds = 0
 
     def _track(self, atoms: ase.Atoms) -> TrackedSystems:
         """The tracked system for ``atoms``; new atoms or a new cell (NPT) start over."""
