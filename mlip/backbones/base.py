@@ -22,6 +22,17 @@ Returns a dict with:
         (``outputs.direct_forces = True``); the Potential then uses it instead of -dE/dr,
         which is NOT energy-conserving.
 
+Optional ``active`` (``forward(data, active)``), for a domain-decomposed MD engine (the
+LAMMPS plugin): one ``(nodes, edges)`` pair of int64 tensors per message-passing layer.
+Layer t must compute outputs only for the nodes ``nodes`` (the first ``nodes.shape[0]``
+nodes, ``nodes = arange(n_t)``; the graph orders its nodes so that those are the ones still
+needed) and may use only the edges ``edges`` (all of whose receivers are among those nodes,
+and whose senders are among the nodes layer t - 1 computed). Select with index operations
+(``index_select``, ``index_copy``), not slices, so a traced graph assumes no order between
+the sizes. NODE_ENERGIES keeps N rows; rows beyond the
+last layer's nodes are then not meaningful. Without ``active`` every layer computes every
+node.
+
 A lone atom (no edges) must give a finite energy; the Potential subtracts it so that an
 isolated atom has exactly E0. Constructor arguments the builder injects from data when
 the signature accepts them: ``num_elements``, ``cutoff``, ``avg_num_neighbors``.
@@ -38,6 +49,14 @@ from torch import nn
 from mlip.ops.radial_table import RadialTable
 
 EdgeWeight = Callable[[torch.Tensor, int, int], torch.Tensor]
+ActiveSets = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def pad_rows(x: torch.Tensor, nodes: torch.Tensor, rows: int) -> torch.Tensor:
+    """(rows, ...) zeros with ``x`` in the rows ``nodes`` (a layer with active sets computes
+    fewer rows than the graph has nodes). Index operations, not slices, so that a traced
+    graph assumes no order between the sizes."""
+    return x.new_zeros((rows, *x.shape[1:])).index_copy(0, nodes, x)
 SwitchRadii = Callable[[int, int], tuple[float, float]]
 
 
@@ -76,6 +95,12 @@ class Backbone(nn.Module):
         """The declaration the Potential reads. Override when returning more."""
         return BackboneOutputs()
 
+    @property
+    def message_passing_hops(self) -> int:
+        """How many cutoff spheres an atom's energy reaches: its energy depends on atoms up
+        to ``hops * cutoff`` away (the ghost shell a domain-decomposed MD engine needs)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare message_passing_hops")
+
     def tabulate_radial(self, spacing: float, edge_weight: EdgeWeight | None = None,
                         switch: SwitchRadii | None = None) -> RadialTable | None:
         """For inference: the per-edge radial networks as a
@@ -92,5 +117,6 @@ class Backbone(nn.Module):
         """
         return None
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+    def forward(self, data: dict[str, torch.Tensor], active: ActiveSets | None = None
+                ) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

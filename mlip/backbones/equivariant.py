@@ -12,11 +12,19 @@ The same skeleton serves the CG, Gaunt and CP backbones: only ``tensor_product``
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from mlip.backbones.base import Backbone, BackboneOutputs, EdgeWeight, SwitchRadii
+from mlip.backbones.base import (
+    ActiveSets,
+    Backbone,
+    BackboneOutputs,
+    EdgeWeight,
+    SwitchRadii,
+    pad_rows,
+)
 from mlip.data import keys
 from mlip.ops.linear import DegreeLinear, ElementDegreeLinear
 from mlip.ops.mlp import MLP
@@ -130,13 +138,20 @@ class InteractionLayer(nn.Module):
         receiver: torch.Tensor,
         inv_avg_neighbors: torch.Tensor,
         radial_out: torch.Tensor | None = None,
+        nodes: torch.Tensor | None = None,
+        edges: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``edge_radial`` covers the first half of the edges (in mirrored order, edge
         H + k is edge k reversed, same length; see :mod:`mlip.data.keys`). ``radial_out``: the radial
         network's output (:meth:`radial_output`) for those edges when already computed (a
-        tabulated network); ``edge_radial`` is then not used."""
-        n, c, w = h.shape[0], h.shape[1], self.message_tp.weight_numel
+        tabulated network); ``edge_radial`` is then not used. ``nodes``, ``edges``: the
+        layer's active sets (:mod:`mlip.backbones.base`): outputs for the first
+        ``nodes.shape[0]`` nodes, from the edges ``edges`` only."""
+        n = h.shape[0] if nodes is None else nodes.shape[0]
+        c, w = h.shape[1], self.message_tp.weight_numel
         h_up = self.linear_up(h)
+        if edges is not None:
+            edge_sh, sender, receiver = edge_sh[edges], sender[edges], receiver[edges]
         factors = self.message_tp.shared_operand_factors(edge_sh)
         if radial_out is None:
             radial_out = self.radial_output(edge_radial, channel_last=factors is not None)
@@ -145,14 +160,20 @@ class InteractionLayer(nn.Module):
             # as (E, W, C), sender features are gathered as (E, D1, C) rows.
             weight = radial_out.view(-1, w, c)
             weight = torch.cat([weight, weight])
+            if edges is not None:
+                weight = weight[edges]
             x = h_up.transpose(1, 2).contiguous()[sender]
             message = shared_product(x, weight, factors)
             a = scatter_sum(message, receiver, n).transpose(1, 2)
         else:
             weight = radial_out.view(-1, c, w)
             weight = torch.cat([weight, weight])
+            if edges is not None:
+                weight = weight[edges]
             message = self.message_tp(h_up[sender], edge_sh.unsqueeze(1), weight)
             a = scatter_sum(message, receiver, n)
+        if nodes is not None:
+            h, onehot = h.index_select(0, nodes), onehot.index_select(0, nodes)
         a = self.linear_message(a * inv_avg_neighbors)
         b = self.product(a, onehot)
         residual = self.skip(_pad_or_truncate(h, self.skip.lmax), onehot)
@@ -225,6 +246,10 @@ class EquivariantBackbone(Backbone):
             self.readouts.append(MLP((channels, readout_hidden, 1)) if last else MLP((channels, 1)))
             lmax_in = lmax_out
         self.radial_table: RadialTable | None = None  # set by tabulate_radial (inference)
+        # Ghost-atom exchange of a domain-decomposed MD engine (LAMMPS ML-IAP): maps the
+        # (N, C, D) node features between layers to the same features with every ghost
+        # atom's rows replaced by its owner's. None (the default): nothing happens.
+        self.exchange: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def tabulate_radial(self, spacing: float, edge_weight: EdgeWeight | None = None,
                         switch: SwitchRadii | None = None) -> RadialTable:
@@ -251,7 +276,12 @@ class EquivariantBackbone(Backbone):
     def outputs(self) -> BackboneOutputs:
         return BackboneOutputs(node_features=self.channels)
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @property
+    def message_passing_hops(self) -> int:
+        return len(self.layers)
+
+    def forward(self, data: dict[str, torch.Tensor], active: ActiveSets | None = None
+                ) -> dict[str, torch.Tensor]:
         species = data[keys.SPECIES]
         sender, receiver = data[keys.EDGE_INDEX][0], data[keys.EDGE_INDEX][1]
         vectors = data[keys.EDGE_VECTORS]
@@ -278,7 +308,13 @@ class EquivariantBackbone(Backbone):
             radial_outs = list(table.split(sizes, dim=-1))
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
-        for layer, readout, radial_out in zip(self.layers, self.readouts, radial_outs, strict=True):
-            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors, radial_out)
-            energy = energy + readout(h[:, :, 0]).squeeze(-1)
-        return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h[:, :, 0]}
+        for t, (layer, readout, radial_out) in enumerate(zip(self.layers, self.readouts, radial_outs, strict=True)):
+            if t > 0 and self.exchange is not None:  # the next layer reads the ghosts' features
+                h = self.exchange(h)
+            nodes, edges = active[t] if active is not None else (None, None)
+            h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors,
+                      radial_out, nodes, edges)
+            layer_energy = readout(h[:, :, 0]).squeeze(-1)
+            energy = energy + layer_energy if nodes is None else energy.index_add(0, nodes, layer_energy)
+        features = h[:, :, 0] if active is None else pad_rows(h[:, :, 0], nodes, species.shape[0])
+        return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: features}

@@ -22,11 +22,12 @@ What is ours (the paper leaves it open or we chose differently) is marked "(ours
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from mlip.backbones.base import Backbone, BackboneOutputs
+from mlip.backbones.base import ActiveSets, Backbone, BackboneOutputs, pad_rows
 from mlip.data import keys
 from mlip.ops.mlp import MLP
 from mlip.ops.radial import BesselBasis, PolynomialCutoff
@@ -64,10 +65,14 @@ class EdgeAttention(nn.Module):
         self.out = nn.Linear(width, width, bias=False)
 
     def forward(self, h: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
-        n, e = h.shape[0], sender.shape[0]
+                sender: torch.Tensor, receiver: torch.Tensor,
+                nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention outputs of the nodes ``nodes`` (default all; the first nodes of the
+        graph) from the edges given (their receivers are among those nodes)."""
+        n = h.shape[0] if nodes is None else nodes.shape[0]
+        e = sender.shape[0]
         shape = (e, self.heads, self.head_dim)
-        q = self.q(h)[receiver].view(shape)
+        q = self.q(h if nodes is None else h.index_select(0, nodes))[receiver].view(shape)
         k = (self.k(h)[sender] + self.edge_k(edge)).view(shape)
         v = (self.v(h)[sender] * self.edge_v(edge)).view(shape)
         logits = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (E, heads)
@@ -90,8 +95,14 @@ class TransformerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(width, ffn_factor * width), nn.SiLU(),
                                  nn.Linear(ffn_factor * width, width))
 
-    def forward(self, h, edge, u, sender, receiver):
-        h = h + self.attention(self.norm1(h), edge, u, sender, receiver)
+    def forward(self, h, edge, u, sender, receiver, nodes=None, edges=None):
+        """``nodes``, ``edges``: the block's active sets (:mod:`mlip.backbones.base`)."""
+        if nodes is None:
+            h = h + self.attention(self.norm1(h), edge, u, sender, receiver)
+            return h + self.ffn(self.norm2(h))
+        update = self.attention(self.norm1(h), edge[edges], u[edges], sender[edges],
+                                receiver[edges], nodes)
+        h = h.index_select(0, nodes) + update
         return h + self.ffn(self.norm2(h))
 
 
@@ -147,6 +158,10 @@ class TransIPBackbone(Backbone):
         self.project = nn.Linear(width, embedding_channels * num_components(embedding_lmax))
         self.readout = MLP((embedding_channels, readout_hidden, 1))
         self.force_head = nn.Linear(embedding_channels, 1, bias=False) if direct_forces else None
+        # Ghost-atom exchange of a domain-decomposed MD engine (LAMMPS ML-IAP): maps the
+        # (N, width) hidden states between blocks to the same states with every ghost
+        # atom's rows replaced by its owner's. None (the default): nothing happens.
+        self.exchange: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def outputs(self) -> BackboneOutputs:
@@ -154,7 +169,12 @@ class TransIPBackbone(Backbone):
                                embedding_channels=self.embedding_channels,
                                direct_forces=self.force_head is not None)
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @property
+    def message_passing_hops(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, data: dict[str, torch.Tensor], active: ActiveSets | None = None
+                ) -> dict[str, torch.Tensor]:
         species = data[keys.SPECIES]
         sender, receiver = data[keys.EDGE_INDEX][0], data[keys.EDGE_INDEX][1]
         vectors = data[keys.EDGE_VECTORS]
@@ -164,8 +184,13 @@ class TransIPBackbone(Backbone):
             edge_raw, u = edge_raw * w.unsqueeze(-1), u * w
         edge = self.edge_mlp(edge_raw)
         h = self.element_embedding(species).to(vectors.dtype)
-        for block in self.blocks:
-            h = block(h, edge, u, sender, receiver)
+        for t, block in enumerate(self.blocks):
+            if t > 0 and self.exchange is not None:  # the next block reads the ghosts' states
+                h = self.exchange(h)
+            nodes, edges = active[t] if active is not None else (None, None)
+            h = block(h, edge, u, sender, receiver, nodes, edges)
+        if active is not None:
+            h = pad_rows(h, active[-1][0], species.shape[0])
         h = self.norm(h)
         z = self.project(h).view(-1, self.embedding_channels, num_components(self.embedding_lmax))
         energy = self.readout(z[:, :, 0]).squeeze(-1)

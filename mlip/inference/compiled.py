@@ -94,7 +94,7 @@ class _ForceFunction(torch.nn.Module):
         return result + ((out[keys.STRESS][:-1],) if self.stress else ())
 
 
-def _frozen_copy(potential: torch.nn.Module, radial_table: bool) -> torch.nn.Module:
+def frozen_copy(potential: torch.nn.Module, radial_table: bool) -> torch.nn.Module:
     """A private eval-mode copy whose lone-atom reference is a fixed tensor (traced as a
     constant instead of a backbone pass per call), with tabulated radial networks where
     ``radial_table`` and the table is exact to the model dtype's epsilon (see
@@ -120,11 +120,11 @@ def export_force_function(potential: torch.nn.Module, data: dict[str, torch.Tens
                           stress: bool, radial_table: bool = True) -> torch.export.ExportedProgram:
     """Trace energy + autograd forces (+ stress) of ``potential`` on the example batch
     ``data`` into one graph and export it with dynamic atom and edge counts (radial
-    networks tabulated where ``radial_table`` and exact enough, see :func:`_frozen_copy`)."""
+    networks tabulated where ``radial_table`` and exact enough, see :func:`frozen_copy`)."""
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    fn = _ForceFunction(_frozen_copy(potential, radial_table), stress)
+    fn = _ForceFunction(frozen_copy(potential, radial_table), stress)
     args = _example_inputs(data)
     graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     atoms = Dim("num_atoms", min=_MIN_ATOMS)

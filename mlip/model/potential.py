@@ -43,7 +43,7 @@ import copy
 import torch
 from torch import nn
 
-from mlip.backbones.base import Backbone
+from mlip.backbones.base import ActiveSets, Backbone
 from mlip.data import keys
 from mlip.data.structure import MAX_Z
 from mlip.graph.build import as_batch_dict
@@ -269,6 +269,40 @@ class Potential(nn.Module):
         return self.backbone(lone)[keys.NODE_ENERGIES]
 
     # -- energy, forces, stress -------------------------------------------------------------------
+    def atomic_energies(self, data: dict[str, torch.Tensor], species: torch.Tensor,
+                        vectors: torch.Tensor, active: ActiveSets | None = None,
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-atom energies from edge vectors: the part of the energy expression that
+        every driver shares (:meth:`forward` from positions and cell shifts; the LAMMPS
+        and ML-IAP paths from the vectors their neighbour lists give).
+
+        Args:
+            data: batch dict with EDGE_INDEX (2, E) in mirrored order and BATCH (N,).
+            species: (N,) species indices.
+            vectors: (E, 3) edge vectors, sender minus receiver [Å].
+            active: per-layer active sets for the backbone (:mod:`mlip.backbones.base`;
+                the LAMMPS plugin's ghost atoms); only the nodes the last layer computes
+                then have meaningful energies.
+
+        Returns:
+            the backbone's outputs, and (N,) float64 per-atom energies [eV].
+        """
+        edge_index = data[keys.EDGE_INDEX]
+        inputs = dict(data)
+        inputs.update({keys.SPECIES: species, keys.EDGE_VECTORS: vectors})
+        lengths = vectors.norm(dim=-1)
+        if self.repulsion is not None:
+            inputs[keys.EDGE_WEIGHTS] = self.repulsion.learned_weights(lengths, species, edge_index)
+        out = self.backbone(inputs) if active is None else self.backbone(inputs, active)
+        num_atoms = species.shape[0]
+        coordination = scatter_sum(self.envelope(lengths), edge_index[1], num_atoms)
+        interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
+        atomic = self.scale * interaction
+        if self.repulsion is not None:
+            atomic = atomic + self.repulsion(lengths, species, edge_index, num_atoms)
+        atomic = atomic.double() + self.e0s[species] + self.baseline_energies(coordination, species)
+        return out, atomic
+
     def forward(
         self,
         data: dict[str, torch.Tensor],
@@ -310,20 +344,7 @@ class Potential(nn.Module):
             cell = cell + torch.bmm(cell, sym)
         species = self.species_of(data[keys.ATOMIC_NUMBERS])
         vectors = edge_vectors(pos, data[keys.EDGE_INDEX], data[keys.CELL_SHIFTS], cell, batch)
-        inputs = dict(data)
-        inputs.update({keys.SPECIES: species, keys.EDGE_VECTORS: vectors})
-        lengths = vectors.norm(dim=-1)
-        if self.repulsion is not None:
-            inputs[keys.EDGE_WEIGHTS] = self.repulsion.learned_weights(
-                lengths, species, data[keys.EDGE_INDEX])
-        out = self.backbone(inputs)
-        receiver = data[keys.EDGE_INDEX][1]
-        coordination = scatter_sum(self.envelope(lengths), receiver, pos.shape[0])
-        interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
-        atomic = self.scale * interaction
-        if self.repulsion is not None:
-            atomic = atomic + self.repulsion(lengths, species, data[keys.EDGE_INDEX], pos.shape[0])
-        atomic = atomic.double() + self.e0s[species] + self.baseline_energies(coordination, species)
+        out, atomic = self.atomic_energies(data, species, vectors)
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {k: v for k, v in out.items() if k not in (keys.NODE_ENERGIES, keys.DIRECT_FORCES)}
         result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})

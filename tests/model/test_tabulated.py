@@ -71,13 +71,13 @@ def test_tabulated_stress_and_the_core(bundled_acac):
 
 def test_compiled_copies_tabulate_float32_only(bundled_acac):
     model = small_model("gaunt-grid")
-    frozen32 = compiled_module._frozen_copy(copy.deepcopy(model).float(), radial_table=True)
+    frozen32 = compiled_module.frozen_copy(copy.deepcopy(model).float(), radial_table=True)
     assert frozen32.backbone.radial_table is not None  # exact to float32's epsilon
     assert frozen32.backbone.radial_table.coefficients.dtype == torch.float32
-    frozen64 = compiled_module._frozen_copy(model, radial_table=True)
+    frozen64 = compiled_module.frozen_copy(model, radial_table=True)
     assert frozen64.backbone.radial_table is None  # float64 packages keep the networks
     assert copy.deepcopy(model).tabulate_radial(torch.finfo(torch.float64).eps) is None  # why
-    assert compiled_module._frozen_copy(copy.deepcopy(model).float(), radial_table=False
+    assert compiled_module.frozen_copy(copy.deepcopy(model).float(), radial_table=False
                                         ).backbone.radial_table is None
     assert model.backbone.radial_table is None  # the caller's model untouched
 

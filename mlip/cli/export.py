@@ -1,0 +1,39 @@
+"""`mlip export lammps MODEL.pt -o MODEL.pt2`: compile a model for another MD engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mlip.cli.main import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="compile a model file for another MD engine (LAMMPS)")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    lmp = targets.add_parser(
+        "lammps", help="an AOTInductor package for pair_style mlip (compiled locally)")
+    lmp.add_argument("model", help="model file (model.pt from mlip train)")
+    lmp.add_argument("-o", "--output", required=True, help="package to write (.pt2)")
+    lmp.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                     help="precision of the package (default: the model's)")
+    lmp.add_argument("--device", default="cpu",
+                     help="cpu or cuda: where LAMMPS will run it (cuda needs a CUDA torch)")
+    lmp.set_defaults(func=run_lammps)
+
+
+def run_lammps(args: argparse.Namespace) -> int:
+    from mlip.integrations.lammps.export import ExportError, export_lammps
+
+    print(f"mlip export: compiling {args.model} for LAMMPS (AOTInductor; a minute or more)",
+          file=sys.stderr, flush=True)
+    try:
+        report = export_lammps(args.model, args.output, dtype=args.dtype, device=args.device)
+    except (FileNotFoundError, ValueError, ExportError) as err:
+        raise CliError(str(err)) from err
+    meta = report.metadata
+    print(f"mlip export: wrote {report.path} in {report.seconds:.0f} s: elements {meta['elements']}, "
+          f"cutoff {float(meta['cutoff']):g} A x {meta['hops']} layers, {meta['dtype']}, "
+          f"{meta['device']}")
+    print(f"  in LAMMPS: pair_style mlip / pair_coeff * * {report.path} {meta['elements']}")
+    return 0

@@ -1,0 +1,1 @@
+"""LAMMPS integrations: the compiled pair style ``mlip`` and the ML-IAP unified object."""

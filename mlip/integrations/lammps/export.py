@@ -1,0 +1,203 @@
+"""A model as an AOTInductor package for the LAMMPS pair style ``mlip``.
+
+The pair style (C++, ``mlip/integrations/lammps/plugin``) owns the neighbour list and the
+domain decomposition; the package computes, for one graph of atoms and edges, the
+per-atom energies and the derivative of the local energy with respect to every edge
+vector. The plugin turns those into forces on local and ghost atoms (pairwise, so the
+ghosts' share is reverse-communicated by LAMMPS) and the global and per-atom virial.
+
+Inputs of the package's function, in this order (the plugin's graph,
+:mod:`mlip.integrations.lammps.graph`):
+    vectors (E, 3) model dtype: edge vectors, sender minus receiver [Å], in mirrored
+        order (edge H + k is edge k reversed, H = E / 2; see :mod:`mlip.data.keys`);
+    species (N,) int64: species index of each graph node (the model's element order);
+    edge_index (2, E) int64: (sender, receiver) node indices;
+    local (N,) float64: 1 for nodes whose energy this rank owns, 0 otherwise;
+    then for each message-passing layer t = 1..L: nodes_t (n_t,) int64 (its length: the
+        layer computes the first n_t nodes) and edges_t (E_t,) int64 (the edges it uses).
+Outputs:
+    energy (1,) float64: sum of the local nodes' energies [eV];
+    atomic energies (N,) float64 [eV] (meaningful for the local nodes);
+    dE/dvectors (E, 3) model dtype [eV/Å].
+
+Sizes are dynamic (every count >= 2): the plugin puts two padding nodes joined by one
+padding pair first in every call and in every layer, so a lone atom, an atom without
+neighbours or a rank without atoms needs no special path. The package carries its
+metadata (:data:`METADATA_KEYS`): the elements in species order, the cutoff, the
+message-passing layers, dtype and device, which the plugin reads to map LAMMPS types to
+species and to check the ghost cutoff.
+
+The model file stays weights-only; the package is compiled locally from it and holds
+compiled code, so it is only ever loaded from a path the user chose to write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlip import __version__
+from mlip.data import keys
+from mlip.inference.compiled import _INDUCTOR_OPTIONS, frozen_copy
+from mlip.integrations.lammps.graph import plugin_graph
+
+__all__ = ["PACKAGE_FORMAT", "METADATA_KEYS", "ExportError", "ExportReport", "LammpsFunction",
+           "export_lammps"]
+
+# Version of the package's calling convention; the plugin refuses any other.
+PACKAGE_FORMAT = 2
+METADATA_KEYS = ("mlip_lammps_format", "mlip_version", "elements", "cutoff", "hops", "dtype",
+                 "device")
+
+
+class ExportError(RuntimeError):
+    """Tracing or compiling the package failed (the message says which, in one line)."""
+
+
+def _first(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+class LammpsFunction(nn.Module):
+    """Per-atom energies and dE/d(edge vectors) of one graph (see the module docstring).
+
+    Args:
+        potential: a frozen inference copy (:func:`~mlip.inference.compiled.frozen_copy`).
+    """
+
+    def __init__(self, potential: nn.Module) -> None:
+        super().__init__()
+        if potential.backbone.outputs.direct_forces:
+            raise ValueError("a model with direct (non-conservative) forces cannot be exported "
+                             "for LAMMPS: its forces are not -dE/dr")
+        self.potential = potential
+
+    def forward(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+                local: torch.Tensor, *active: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vectors = vectors.detach().requires_grad_(True)
+        data = {keys.EDGE_INDEX: edge_index, keys.BATCH: torch.zeros_like(species)}
+        sets = [(active[2 * t], active[2 * t + 1]) for t in range(len(active) // 2)]
+        _, atomic = self.potential.atomic_energies(data, species, vectors, sets)
+        energy = (atomic * local).sum().reshape(1)
+        (grad,) = torch.autograd.grad(energy, [vectors])
+        return energy, atomic, grad
+
+
+def example_graph(potential: nn.Module, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor, ...]:
+    """The inputs the package is traced on: the plugin's graph of a random cluster of the
+    model's elements, a third of it owned. Their values do not matter, but every dynamic
+    size must differ from the others (equal sizes would be traced as one symbol)."""
+    hops = int(potential.backbone.message_passing_hops)
+    cutoff = float(potential.cutoff)
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        # ~6 neighbours per atom in a slab 3 cutoffs long, owned atoms at one end
+        m = 24 + 8 * hops
+        length = (hops + 1.5) * cutoff
+        side = np.sqrt(m * (4 / 3) * np.pi * cutoff ** 3 / 6 / length)
+        positions = rng.uniform(0, 1, (m, 3)) * [length, side, side]
+        owned = positions[:, 0] < 0.8 * cutoff
+        species = np.arange(m) % len(potential.atomic_numbers)
+        graph = plugin_graph(positions, species, owned, cutoff, hops, dtype, device)
+        sizes = [graph.species.shape[0], graph.vectors.shape[0]]
+        sizes += [len(t) for pair in graph.active for t in pair]
+        if min(sizes) > 2 and len(set(sizes)) == len(sizes) and owned.sum() >= 2:
+            return graph.inputs()
+    raise ExportError("no example graph with distinct sizes (report this as a bug)")
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_lammps` wrote."""
+
+    path: Path
+    metadata: dict[str, str]
+    seconds: float
+
+
+def package_metadata(potential: nn.Module, dtype: torch.dtype, device: torch.device
+                     ) -> dict[str, str]:
+    """The strings the plugin reads from the package (all values are str)."""
+    from ase.data import chemical_symbols
+
+    return {
+        "mlip_lammps_format": str(PACKAGE_FORMAT),
+        "mlip_version": __version__,
+        "elements": " ".join(chemical_symbols[z] for z in potential.atomic_numbers),
+        "cutoff": repr(float(potential.cutoff)),
+        "hops": str(int(potential.backbone.message_passing_hops)),
+        "dtype": {torch.float32: "float32", torch.float64: "float64"}[dtype],
+        "device": device.type,
+    }
+
+
+def export_lammps(model: str | Path | nn.Module, output: str | Path,
+                  dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+                  ) -> ExportReport:
+    """Compile a model for the LAMMPS pair style ``mlip`` (AOTInductor, locally).
+
+    Args:
+        model: a model file (loaded with ``weights_only=True``) or a Potential.
+        output: the package to write (``.pt2``); written under a temporary name and
+            renamed, so a failure leaves nothing behind.
+        dtype: float32 or float64, a torch dtype or its name (default: the model's).
+        device: where the package runs ("cpu" or "cuda"; the plugin's libtorch must match).
+
+    Returns:
+        an :class:`ExportReport`.
+
+    Raises:
+        ExportError: tracing or compiling failed; ValueError / FileNotFoundError: the
+            model file cannot be read, or the model cannot run in LAMMPS.
+    """
+    from torch.export import Dim
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mlip.inference.engine import inference_model, resolve_device, resolve_dtype
+
+    start = time.perf_counter()
+    device = resolve_device(device)
+    potential = inference_model(model, device, resolve_dtype(dtype))
+    dtype = next(potential.parameters()).dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"LAMMPS packages are float32 or float64, not {dtype}")
+    fn = LammpsFunction(frozen_copy(potential, radial_table=True))
+    args = example_graph(potential, dtype, device)
+    try:
+        graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+        nodes = Dim("num_nodes", min=2)
+        edges = 2 * Dim("num_pairs", min=1)
+        shapes = [{0: edges}, {0: nodes}, {1: edges}, {0: nodes}]
+        for t in range((len(args) - 4) // 2):
+            shapes += [{0: Dim(f"layer{t + 1}_nodes", min=2)},
+                       {0: Dim(f"layer{t + 1}_edges", min=2)}]
+        program = torch.export.export(graph, args, dynamic_shapes=tuple(shapes), strict=False)
+    except Exception as err:  # noqa: BLE001 - reported as one line
+        raise ExportError(f"tracing the model failed: {type(err).__name__}: {_first(err)}") from err
+    metadata = package_metadata(potential, dtype, device)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.{os.getpid()}.tmp.pt2"  # the user's file mode
+    try:
+        options = dict(_INDUCTOR_OPTIONS)
+        options["aot_inductor.metadata"] = metadata
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
+                                                     inductor_configs=options)
+        except Exception as err:  # noqa: BLE001 - e.g. no C++ compiler
+            raise ExportError(f"compiling the package failed: {type(err).__name__}: "
+                              f"{_first(err)}") from err
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ExportReport(output, metadata, time.perf_counter() - start)
