@@ -21,7 +21,8 @@ exported in float32 for the NVE and speed parts, and in float64 for the check):
   LAMMPS with 1 rank x 1 thread, 1 rank x 2 OpenMP threads and 2 ranks x 1 thread (skin
   1 Å, rebuild check every step); the ASE path (the calculator, eager and AOT-compiled, 1
   thread; tools/bench_md.py's loop); MACE's ASE calculator in its fastest mode
-  (``--mace-modes``; tools/bench_md.py's MACE timer). The Cu rows give the 2-rank
+  (``--mace-modes``; tools/bench_md.py's MACE timer), each after ``--warmup`` (``--cu-warmup``)
+  untimed steps (memory first touched and compilation happen there). The Cu rows give the 2-rank
   parallel efficiency: (2-rank rate) / (2 x 1-rank rate).
 
 Everything runs one after the other with nothing else on the machine; LAMMPS runs are
@@ -155,9 +156,9 @@ def nve(args, molecule: ase.Atoms, model_file: str, package: Path, plugin: Path)
 
 
 def lammps_speed(atoms: ase.Atoms, model_file: str, package: Path, plugin: Path, ranks: int,
-                 threads: int, steps: int, repeats: int) -> dict:
+                 threads: int, steps: int, warmup: int, repeats: int) -> dict:
     atoms = start(atoms, 300, 0)
-    commands = LAMMPS_MD + "fix nve all nve\ntimestep 0.0005\nthermo 1000\nrun 3\n" + \
+    commands = LAMMPS_MD + f"fix nve all nve\ntimestep 0.0005\nthermo 1000\nrun {warmup}\n" + \
         "\n".join([f"run {steps}"] * repeats)
     r = run_lammps(atoms, package, plugin, elements_of(model_file), ranks=ranks,
                    threads=threads, commands=commands, timeout=3600)
@@ -166,7 +167,7 @@ def lammps_speed(atoms: ase.Atoms, model_file: str, package: Path, plugin: Path,
 
 
 def speed(args, label: str, atoms: ase.Atoms, model_file: str, package: Path, plugin: Path,
-          mace_model: str | None, steps: int) -> list[dict]:
+          mace_model: str | None, steps: int, warmup: int) -> list[dict]:
     rows = []
 
     def add(engine: str, mode: str, result: dict) -> None:
@@ -180,16 +181,17 @@ def speed(args, label: str, atoms: ase.Atoms, model_file: str, package: Path, pl
 
     for ranks, threads in ((1, 1), (1, 2), (2, 1)):
         add("LAMMPS", f"{ranks} rank x {threads} thread",
-            lammps_speed(atoms, model_file, package, plugin, ranks, threads, steps, args.repeats))
+            lammps_speed(atoms, model_file, package, plugin, ranks, threads, steps, warmup, args.repeats))
     torch.set_num_threads(1)
-    for mode in args.ase_modes.split(","):
+    for mode in filter(None, args.ase_modes.split(",")):
         model = load_model(model_file)
         add("ASE", f"{mode}, 1 thread",
-            bench_md.time_md(atoms, model, steps, args.warmup, mode, args.repeats))
+            bench_md.time_md(atoms, model, steps, warmup, mode, args.repeats))
     if mace_model and args.mace_venv:
-        for mode in args.mace_modes.split(","):
+        modes = args.mace_cu_modes if label.startswith("Cu") else args.mace_modes
+        for mode in filter(None, modes.split(",")):
             add("MACE", f"{mode}, 1 thread",
-                bench_md.time_mace(args.mace_venv, mace_model, atoms, steps, args.warmup, 1,
+                bench_md.time_mace(args.mace_venv, mace_model, atoms, steps, warmup, 1,
                                    "float32", mode, args.repeats))
     one = next(r for r in rows if r["mode"] == "1 rank x 1 thread")
     two = next(r for r in rows if r["mode"] == "2 rank x 1 thread")
@@ -211,6 +213,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="acac model file (box and molecule)")
     parser.add_argument("--cu-model", default=None, help="Cu model file (the Cu cell)")
     parser.add_argument("--parts", default="check,nve,speed")
+    parser.add_argument("--systems", default="box,cu", help="speed part: box, cu or both")
     parser.add_argument("--box", default=str(SHARED / "bench" / "acac_box64.xyz"))
     parser.add_argument("--molecule", default=str(ROOT / "data" / "acac" / "test_MD_300K.xyz"))
     parser.add_argument("--cu-cells", default="14,14,13")
@@ -220,13 +223,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per segment (box)")
     parser.add_argument("--cu-steps", type=int, default=3, help="timed steps per segment (Cu)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed steps before the segments (box), in every engine")
+    parser.add_argument("--cu-warmup", type=int, default=5, help="the same for the Cu cell")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ase-modes", default="eager,aot")
     parser.add_argument("--mace-model", default=None)
     parser.add_argument("--mace-cu-model", default=None)
     parser.add_argument("--mace-venv", default=None)
     parser.add_argument("--mace-modes", default="eager,compiled")
+    parser.add_argument("--mace-cu-modes", default="compiled",
+                        help="MACE modes on the Cu cell (eager needs more than 20 GiB there)")
     parser.add_argument("--work", default=None, help="folder for packages (default: temporary)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -250,11 +257,13 @@ def main() -> None:
     if "nve" in parts:
         result["nve"] = nve(args, ase.io.read(args.molecule, 0), args.model, acac["md"], plugin)
     if "speed" in parts:
-        result["speed"] = speed(args, "acac box", box, args.model, acac["md"], plugin,
-                                args.mace_model, args.steps)
-        if cu:
+        result["speed"] = []
+        if "box" in args.systems.split(","):
+            result["speed"] += speed(args, "acac box", box, args.model, acac["md"], plugin,
+                                     args.mace_model, args.steps, args.warmup)
+        if cu and "cu" in args.systems.split(","):
             result["speed"] += speed(args, "Cu cell", cu_cell, args.cu_model, cu["md"], plugin,
-                                     args.mace_cu_model, args.cu_steps)
+                                     args.mace_cu_model, args.cu_steps, args.cu_warmup)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")

@@ -234,6 +234,8 @@ def time_mace(venv: str, model: str, atoms: ase.Atoms, steps: int, warmup: int, 
                               capture_output=True, text=True, env=env, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MACE_RESULT ")]
     if proc.returncode != 0 or not lines:
+        if proc.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
+            return {"error": f"killed by signal {-proc.returncode}"}
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": tail[:200]}
     out = json.loads(lines[-1].removeprefix("MACE_RESULT "))

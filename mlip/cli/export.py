@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="precision of the package (default: the model's)")
     lmp.add_argument("--device", default="cpu",
                      help="cpu or cuda: where LAMMPS will run it (cuda needs a CUDA torch)")
+    lmp.add_argument("--kernel-threads", type=int, default=1,
+                     help="threads the generated CPU loops are written for (default 1: serial "
+                          "loops, fastest here even on 2 threads; 0: all)")
     lmp.set_defaults(func=run_lammps)
 
 
@@ -28,7 +31,8 @@ def run_lammps(args: argparse.Namespace) -> int:
     print(f"mlip export: compiling {args.model} for LAMMPS (AOTInductor; a minute or more)",
           file=sys.stderr, flush=True)
     try:
-        report = export_lammps(args.model, args.output, dtype=args.dtype, device=args.device)
+        report = export_lammps(args.model, args.output, dtype=args.dtype, device=args.device,
+                               kernel_threads=args.kernel_threads)
     except (FileNotFoundError, ValueError, ExportError) as err:
         raise CliError(str(err)) from err
     meta = report.metadata

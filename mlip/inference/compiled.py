@@ -45,8 +45,8 @@ INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SH
 # unrolled shared product and row-folded matmuls; 5: no index bounds checks;
 # 6: tabulated radial networks, copied operands of the degree-wise linear maps; 7: tables
 # exactly 0 beyond the cutoff, one-hot species without a range check; 8: mirrored edges an
-# invariant, no marker input), so old packages are not reused.
-_FORMAT = 8
+# invariant, no marker input; 9: serial CPU kernels), so old packages are not reused.
+_FORMAT = 9
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2
@@ -55,7 +55,12 @@ _MIN_ATOMS, _MIN_EDGES = 2, 2
 # force call takes 6 % less on the 960-atom acac box and 9 % less on one molecule
 # (docs/history.md, Speed). Indices then must be in range: the package
 # is fed only batches that mlip's neighbour lists built, for elements the model checked.
-_INDUCTOR_OPTIONS = {"assert_indirect_indexing": False}
+# CPU kernels are written as serial loops (cpp.threads = 1) whatever the thread count at
+# build time: a kernel written for several threads adds its scatters atomically, and on the
+# 960-atom box (2-core CPU) a package built that way took 0.87 s per call on 1 thread and
+# 0.44 s on 2, a serial one 0.34 s on either (the matrix products still use every torch
+# thread). It also makes a cached package independent of the thread count it was built at.
+_INDUCTOR_OPTIONS = {"assert_indirect_indexing": False, "cpp.threads": 1}
 
 
 class CompileError(RuntimeError):

@@ -84,7 +84,7 @@ class LammpsFunction(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vectors = vectors.detach().requires_grad_(True)
         data = {keys.EDGE_INDEX: edge_index, keys.BATCH: torch.zeros_like(species)}
-        sets = [(active[2 * t], active[2 * t + 1]) for t in range(len(active) // 2)]
+        sets = [(active[2 * t], active[2 * t + 1]) for t in range(len(active) // 2)] or None
         _, atomic = self.potential.atomic_energies(data, species, vectors, sets)
         energy = (atomic * local).sum().reshape(1)
         (grad,) = torch.autograd.grad(energy, [vectors])
@@ -93,17 +93,20 @@ class LammpsFunction(nn.Module):
 
 def example_graph(potential: nn.Module, dtype: torch.dtype, device: torch.device
                   ) -> tuple[torch.Tensor, ...]:
-    """The inputs the package is traced on: the plugin's graph of a random cluster of the
-    model's elements, a third of it owned. Their values do not matter, but every dynamic
-    size must differ from the others (equal sizes would be traced as one symbol)."""
+    """The inputs the package is traced on: the plugin's graph of a random slab of the
+    model's elements, owned atoms at one end. Their values do not matter, but every dynamic
+    size must differ from the others (equal sizes would be traced as one symbol). The sizes
+    are those of real work (about 700 nodes, 24 neighbours each), as the traced sizes are
+    inductor's hints; with serial kernels they barely mattered (0.33-0.39 s per call on the
+    960-atom acac box for examples of 680 to 2,100 nodes, within the call-to-call spread)."""
     hops = int(potential.backbone.message_passing_hops)
     cutoff = float(potential.cutoff)
     for seed in range(100):
         rng = np.random.default_rng(seed)
-        # ~6 neighbours per atom in a slab 3 cutoffs long, owned atoms at one end
-        m = 24 + 8 * hops
+        # ~24 neighbours per atom (a condensed phase) in a slab (hops + 1.5) cutoffs long
+        m = 1000 + 8 * hops
         length = (hops + 1.5) * cutoff
-        side = np.sqrt(m * (4 / 3) * np.pi * cutoff ** 3 / 6 / length)
+        side = np.sqrt(m * (4 / 3) * np.pi * cutoff ** 3 / 24 / length)
         positions = rng.uniform(0, 1, (m, 3)) * [length, side, side]
         owned = positions[:, 0] < 0.8 * cutoff
         species = np.arange(m) % len(potential.atomic_numbers)
@@ -141,8 +144,8 @@ def package_metadata(potential: nn.Module, dtype: torch.dtype, device: torch.dev
 
 
 def export_lammps(model: str | Path | nn.Module, output: str | Path,
-                  dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-                  ) -> ExportReport:
+                  dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                  kernel_threads: int = 1) -> ExportReport:
     """Compile a model for the LAMMPS pair style ``mlip`` (AOTInductor, locally).
 
     Args:
@@ -151,6 +154,12 @@ def export_lammps(model: str | Path | nn.Module, output: str | Path,
             renamed, so a failure leaves nothing behind.
         dtype: float32 or float64, a torch dtype or its name (default: the model's).
         device: where the package runs ("cpu" or "cuda"; the plugin's libtorch must match).
+        kernel_threads: OpenMP threads the generated CPU kernels are written for. 1 (the
+            default) writes serial loops: a scatter then needs no atomic adds, and the
+            matrix products still use every thread LAMMPS gives a rank (OMP_NUM_THREADS).
+            On the 960-atom acac box (2-core CPU) a serial-kernel package took 0.37 s per
+            call on 1 thread and 0.31 s on 2, one written for 2 threads 0.93 s and 0.48 s
+            (docs/benchmarks.md, LAMMPS). 0: as many as torch uses while exporting.
 
     Returns:
         an :class:`ExportReport`.
@@ -190,6 +199,7 @@ def export_lammps(model: str | Path | nn.Module, output: str | Path,
     try:
         options = dict(_INDUCTOR_OPTIONS)
         options["aot_inductor.metadata"] = metadata
+        options["cpp.threads"] = kernel_threads if kernel_threads > 0 else -1  # -1: all
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
                                                      inductor_configs=options)

@@ -51,6 +51,12 @@ class LammpsInstall:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             [str(p) for p in self.library_path] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         env["OMP_NUM_THREADS"] = str(threads)
+        if not env.get("MLIP_NO_MALLOC_TUNING"):
+            # glibc's malloc settings of mlip.cli.allocator, from the environment: the
+            # package's large per-edge tensors stay on the heap and are never trimmed (2.3x
+            # faster on the acac box; see docs/benchmarks.md, LAMMPS)
+            env.setdefault("MALLOC_MMAP_MAX_", "0")
+            env.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
         return env
 
 
