@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,14 +71,18 @@ def elements_of(model_file: str) -> list[str]:
     return [chemical_symbols[z] for z in load_model(model_file).atomic_numbers]
 
 
-def packages(model_file: str, folder: Path) -> dict[str, Path]:
-    """float64 (the check) and the model's own dtype (MD), exported once each."""
+def packages(model_file: str, folder: Path, reuse: bool = False) -> dict[str, Path]:
+    """float64 (the check) and the model's own dtype (MD), exported once each (``reuse``:
+    keep packages already in ``folder`` that are newer than the model file)."""
     dtype = next(load_model(model_file).parameters()).dtype
     out = {}
     for name in {"float64", {torch.float32: "float32", torch.float64: "float64"}[dtype]}:
         path = folder / f"{Path(model_file).parent.name}-{name}.pt2"
-        report = export_lammps(model_file, path, dtype=name)
-        print(f"  exported {model_file} ({name}) in {report.seconds:.0f} s", flush=True)
+        if reuse and path.exists() and path.stat().st_mtime > Path(model_file).stat().st_mtime:
+            print(f"  reusing {path}", flush=True)
+        else:
+            report = export_lammps(model_file, path, dtype=name)
+            print(f"  exported {model_file} ({name}) in {report.seconds:.0f} s", flush=True)
         out[name] = path
     out["md"] = out["float32" if "float32" in out else "float64"]
     return out
@@ -166,6 +171,31 @@ def lammps_speed(atoms: ase.Atoms, model_file: str, package: Path, plugin: Path,
     return bench_md.spread([n / s for s, n in timed], len(atoms))
 
 
+def time_ase(atoms: ase.Atoms, model_file: str, steps: int, warmup: int, mode: str,
+             repeats: int) -> dict:
+    """tools/bench_md.py's ASE loop in a fresh process (1 torch thread, glibc tuned
+    in-process as there), like LAMMPS and MACE: this process's exports and earlier runs
+    leave its memory in a state that slowed the calculator up to 2x in one run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xyz = Path(tmp) / "start.xyz"
+        start = atoms.copy()
+        start.calc = None
+        ase.io.write(xyz, start, format="extxyz")
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import ase.io, torch, bench_md; "
+                "from mlip.model.io import load_model; bench_md.tune_glibc_malloc(); "
+                "torch.set_num_threads(1); r = bench_md.time_md(ase.io.read(sys.argv[2]), "
+                "load_model(sys.argv[3]), *map(int, sys.argv[4:6]), sys.argv[6], int(sys.argv[7])); "
+                "print('ASE_RESULT ' + json.dumps(r))")
+        proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(xyz),
+                               model_file, str(steps), str(warmup), mode, str(repeats)],
+                              capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ASE_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(lines[-1].removeprefix("ASE_RESULT "))
+
+
 def speed(args, label: str, atoms: ase.Atoms, model_file: str, package: Path, plugin: Path,
           mace_model: str | None, steps: int, warmup: int) -> list[dict]:
     rows = []
@@ -182,11 +212,8 @@ def speed(args, label: str, atoms: ase.Atoms, model_file: str, package: Path, pl
     for ranks, threads in ((1, 1), (1, 2), (2, 1)):
         add("LAMMPS", f"{ranks} rank x {threads} thread",
             lammps_speed(atoms, model_file, package, plugin, ranks, threads, steps, warmup, args.repeats))
-    torch.set_num_threads(1)
     for mode in filter(None, args.ase_modes.split(",")):
-        model = load_model(model_file)
-        add("ASE", f"{mode}, 1 thread",
-            bench_md.time_md(atoms, model, steps, warmup, mode, args.repeats))
+        add("ASE", f"{mode}, 1 thread", time_ase(atoms, model_file, steps, warmup, mode, args.repeats))
     if mace_model and args.mace_venv:
         modes = args.mace_cu_modes if label.startswith("Cu") else args.mace_modes
         for mode in filter(None, modes.split(",")):
@@ -235,6 +262,8 @@ def main() -> None:
     parser.add_argument("--mace-cu-modes", default="compiled",
                         help="MACE modes on the Cu cell (eager needs more than 20 GiB there)")
     parser.add_argument("--work", default=None, help="folder for packages (default: temporary)")
+    parser.add_argument("--reuse-packages", action="store_true",
+                        help="keep packages already in --work (newer than the model file)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -245,8 +274,8 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
     print(f"{result['machine']}, torch {torch.__version__}, plugin {plugin}", flush=True)
-    acac = packages(args.model, work)
-    cu = packages(args.cu_model, work) if args.cu_model else None
+    acac = packages(args.model, work, args.reuse_packages)
+    cu = packages(args.cu_model, work, args.reuse_packages) if args.cu_model else None
     box = ase.io.read(args.box)
     cu_cell = copper(tuple(int(x) for x in args.cu_cells.split(",")))
     if "check" in parts:

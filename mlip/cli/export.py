@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_lammps(args: argparse.Namespace) -> int:
     from mlip.integrations.lammps.export import ExportError, export_lammps
 
-    print(f"mlip export: compiling {args.model} for LAMMPS (AOTInductor; a minute or more)",
+    print(f"mlip export: compiling {args.model} for LAMMPS (AOTInductor; a few minutes)",
           file=sys.stderr, flush=True)
     try:
         report = export_lammps(args.model, args.output, dtype=args.dtype, device=args.device,

@@ -221,16 +221,16 @@ def test_nve_trajectory_matches_ase(plugin, models):
     np.testing.assert_allclose(lmp[:, 2], ase_energies[:, 1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("problem", ["unknown element", "ghost cutoff", "not a package"])
+@pytest.mark.parametrize("problem", ["unknown element", "newton off", "not a package"])
 def test_bad_setups_stop_with_one_line(problem, plugin, models, bundled_acac, tmp_path):
     atoms, package, elements, commands = _molecule(bundled_acac), models["acac"][1], ACAC, ""
     if problem == "unknown element":
         atoms[0].symbol = "N"
         elements = ACAC + ["N"]
         expected = "element N (atom type 4) is not in the model"
-    elif problem == "ghost cutoff":
-        commands = "comm_modify cutoff 6.0"
-        expected = "comm_modify cutoff 6 A is smaller than the model's reach, 2 layers x 5 A"
+    elif problem == "newton off":
+        commands = "newton off on"  # pair off, bond unchanged
+        expected = "needs newton_pair on"
     else:
         package = models["acac"][0]  # the .pt model file, not a package
         expected = "as a package"

@@ -94,3 +94,50 @@ def test_active_sets_matter(acac_backbone):
     short = [(nodes, edges[: len(edges) - 5]), graph.active[1]]
     wrong = model.atomic_energies(data, graph.species, graph.vectors, short)[1]
     assert abs(float(((exact - wrong) * graph.local).sum())) > 1e-6
+
+
+@pytest.mark.parametrize("backbone", ["equivariant", "transip"])
+def test_package_function_without_ghosts(backbone, acac_backbone):
+    """The function `mlip export lammps` compiles, on a graph without ghost nodes (one
+    rank): both twins (active sets, and every node) give the whole system's energy and its
+    edge gradient, through the ghost-exchange operators' single-process forms."""
+    from mlip.inference.compiled import frozen_copy
+    from mlip.integrations.lammps.export import LammpsFunction
+
+    model = _model(acac_backbone if backbone == "equivariant" else TRANSIP, 2)
+    positions, species, _ = _atoms(5)
+    owned = np.ones(len(positions), dtype=bool)
+    graph = plugin_graph(positions, species, owned, CUTOFF, 1)
+    assert len(graph.species) == len(positions) + 2  # nothing beyond the owned atoms
+    e_ref, f_ref = _reference(model, positions, species, owned)
+    frozen = frozen_copy(model, radial_table=False)
+    for active in (True, False):
+        fn = LammpsFunction(frozen, active)
+        energy, atomic, grad = fn(*graph.inputs())
+        assert fn.widths and min(fn.widths) > 0  # one exchange between the two layers
+        assert float(energy) == pytest.approx(e_ref, rel=1e-12)
+        half = grad.shape[0] // 2
+        per_pair = (grad[:half] - grad[half:]).detach().numpy()
+        receiver = graph.atom_of_node[graph.edge_index[1, :half].numpy()]
+        sender = graph.atom_of_node[graph.edge_index[0, :half].numpy()]
+        forces = np.zeros_like(positions)
+        for k in range(1, half):
+            forces[receiver[k]] += per_pair[k]
+            forces[sender[k]] -= per_pair[k]
+        np.testing.assert_allclose(forces, f_ref, rtol=0, atol=1e-10)
+    assert model.backbone.exchange is None and frozen.backbone.exchange is None
+
+
+def test_exchange_operators_single_process():
+    """Outside LAMMPS the exchange is the identity on the computed rows, its gradient too,
+    and a graph with rows to fill from other ranks is an error, not zeros."""
+    from mlip.integrations.lammps.exchange import ghost_exchange
+
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    nodes = torch.arange(5)
+    y = ghost_exchange(x, nodes, torch.zeros(5))
+    assert torch.equal(y, x) and y.is_contiguous()
+    (g,) = torch.autograd.grad((y * torch.arange(30.0).view(5, 3, 2)).sum(), x)
+    assert torch.equal(g, torch.arange(30.0, dtype=torch.float64).view(5, 3, 2))
+    with pytest.raises(RuntimeError, match="outside LAMMPS"):
+        ghost_exchange(x, nodes, torch.zeros(7))

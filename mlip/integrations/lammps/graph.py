@@ -1,9 +1,13 @@
 """The LAMMPS plugin's graph, in Python: what ``pair_style mlip`` hands the package.
 
-The plugin (``plugin/pair_mlip.cpp``) builds it in C++ from LAMMPS's atoms; this twin
-builds the same layout from positions of a finite set of atoms (a rank's own atoms and its
-ghosts, with no periodic images: each atom is one node) for tracing the package and for
-the tests. The layout:
+The plugin (``plugin/pair_mlip.cpp``) builds it in C++ from LAMMPS's atoms, one hop deep
+(``hops=1``: the owned atoms and the ghosts they neighbour; deeper layers get the ghosts'
+features by exchange, see :mod:`mlip.integrations.lammps.export`); this twin builds the
+same layout from positions of a finite set of atoms (a rank's own atoms and its ghosts,
+with no periodic images: each atom is one node) for tracing the package and for the tests.
+With ``hops`` = L it is the graph a rank needs without any exchange (every atom within L
+hops, per-layer active sets shrinking towards the owned atoms), which the tests use to
+check the backbones' active sets. The layout:
 
 * nodes: two padding nodes, then the owned atoms, then the others in breadth-first order of
   their hop distance ("depth") from the owned atoms, out to ``hops`` (so nodes are sorted by

@@ -1,27 +1,30 @@
 /* pair_style mlip: mlip models in LAMMPS through an AOTInductor package.
  *
  * The package (written by `mlip export lammps MODEL.pt -o MODEL.pt2`) maps a graph
- * (edge vectors, species, edge index, a mask of the nodes whose energy this rank owns)
- * to per-node energies and the derivative of the owned energy with respect to every edge
- * vector. This file builds that graph from LAMMPS's atoms and turns the derivatives into
- * forces and virial.
+ * (edge vectors, species, edge index, a mask of the nodes whose energy this rank owns, the
+ * nodes every layer computes and the edges into them) to per-node energies and the
+ * derivative of the energy of all ranks with respect to every edge vector. This file
+ * builds that graph from LAMMPS's atoms, runs the ghost exchange the package asks for
+ * between layers, and turns the derivatives into forces and virial.
  *
- * Domain decomposition: a model with L message-passing layers and cutoff r_c gives an
- * atom an energy that depends on atoms up to L r_c away, so the ghost shell must reach
- * L r_c + skin (set here when the user has not set `comm_modify cutoff`). Nodes of the
- * graph are atoms by ID: every image of one atom on this rank (a periodic image, or the
- * local atom's own ghost copies in a small box) is one node, so a periodic box on one
- * rank has exactly its own atoms as nodes and the same edges as mlip's own neighbour
- * list. Nodes are found breadth-first from the local atoms, out to L hops; only nodes
- * fewer than L hops away need their complete neighbourhood, so edges are taken from
- * their neighbour lists (each pair once, with its mirror: the package expects mirrored
- * order). Layer t of the model only needs the nodes within L - t hops: pairs are sorted
- * by the depths of their two nodes, so each layer's nodes and edges are prefixes that the
- * package receives as per-layer index sets (a ghost k hops out enters only the first
- * L - k layers). Each pair's force acts on the two atoms (images) it joins, so forces on
- * ghosts are reverse-communicated by LAMMPS (newton_pair on) and the virial is the sum
- * over pairs of -r_ij (x) dE/dr_ij, split evenly between the two atoms for per-atom
- * virials. The same graph, in Python: mlip/integrations/lammps/graph.py.
+ * Domain decomposition: every layer of the model computes only this rank's own atoms,
+ * from the edges into them. The features of the ghost atoms within one cutoff, which the
+ * next layer reads, come from the ranks that own them: the package calls the operator
+ * mlip_lammps::ghost_exchange (registered below), which is a LAMMPS forward communication
+ * of one feature row per atom; its gradient, mlip_lammps::ghost_exchange_backward, is the
+ * reverse communication that adds the ghosts' feature gradients to their owners'. So the
+ * ghost shell is LAMMPS's default (cutoff + skin) for any number of layers, and no rank
+ * computes another rank's atoms. Nodes of the graph are atoms by ID: every image of one
+ * atom on this rank (a periodic image, or the local atom's own ghost copies in a small
+ * box) is one node, so a periodic box on one rank has exactly its own atoms as nodes, the
+ * same edges as mlip's own neighbour list, and nothing to exchange. The nodes are the local
+ * atoms, then the ghosts they neighbour; the pairs are every pair within the cutoff with a
+ * local atom in it, once, with its mirror (the package expects mirrored order), those of
+ * two local atoms first, so that the edges into local atoms are a prefix of each half.
+ * Each pair's force acts on the two atoms (images) it joins, so forces on ghosts are
+ * reverse-communicated by LAMMPS (newton_pair on) and the virial is the sum over pairs of
+ * -r_ij (x) dE/dr_ij, split evenly between the two atoms for per-atom virials. The same
+ * graph, in Python: mlip/integrations/lammps/graph.py.
  *
  * Part of the mlip LAMMPS plugin (GPL-2.0-or-later, see LICENSE in this folder). */
 
@@ -40,15 +43,17 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/library.h>
 
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 
 using namespace LAMMPS_NS;
 
 namespace {
 
-constexpr const char *PACKAGE_FORMAT = "2";
+constexpr const char *PACKAGE_FORMAT = "3";
 
 std::string first_line(const char *text)
 {
@@ -65,7 +70,37 @@ bool positive(double x, double y, double z)
   return z > 0.0;
 }
 
+// The operators the package calls between layers (mlip/integrations/lammps/exchange.py has
+// their Python definitions, used for tracing; the schemas must stay the same).
+at::Tensor ghost_exchange(const at::Tensor &x, const at::Tensor &nodes, const at::Tensor &like)
+{
+  if (!PairMLIP::computing)
+    throw std::runtime_error("mlip_lammps::ghost_exchange called outside pair_style mlip");
+  return PairMLIP::computing->exchange_forward(x, nodes.size(0), like.size(0));
+}
+
+at::Tensor ghost_exchange_backward(const at::Tensor &grad, const at::Tensor &nodes)
+{
+  if (!PairMLIP::computing)
+    throw std::runtime_error("mlip_lammps::ghost_exchange_backward called outside pair_style mlip");
+  return PairMLIP::computing->exchange_backward(grad, nodes.size(0));
+}
+
 }    // namespace
+
+TORCH_LIBRARY(mlip_lammps, m)
+{
+  m.def("ghost_exchange(Tensor x, Tensor nodes, Tensor like) -> Tensor");
+  m.def("ghost_exchange_backward(Tensor grad, Tensor nodes) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mlip_lammps, CompositeExplicitAutograd, m)
+{
+  m.impl("ghost_exchange", &ghost_exchange);
+  m.impl("ghost_exchange_backward", &ghost_exchange_backward);
+}
+
+PairMLIP *PairMLIP::computing = nullptr;
 
 PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
 {
@@ -135,7 +170,7 @@ void PairMLIP::coeff(int narg, char **arg)
                "pair_coeff mlip: {} has package format {}, this plugin reads {}: export the "
                "model again with this mlip, or rebuild the plugin (`mlip lammps build`)",
                package_path, meta["mlip_lammps_format"], PACKAGE_FORMAT);
-  for (const char *key : {"elements", "cutoff", "hops", "dtype", "device"})
+  for (const char *key : {"elements", "cutoff", "hops", "exchange_width", "dtype", "device"})
     if (meta.count(key) == 0)
       error->all(FLERR, "pair_coeff mlip: {} lacks the metadata key '{}'", package_path, key);
 
@@ -144,6 +179,7 @@ void PairMLIP::coeff(int narg, char **arg)
   for (std::string name; names >> name;) elements.push_back(name);
   cutoff = std::stod(meta["cutoff"]);
   hops = std::stoi(meta["hops"]);
+  exchange_width = std::stoi(meta["exchange_width"]);
   double_precision = meta["dtype"] == "float64";
   device = meta["device"];
 
@@ -162,6 +198,7 @@ void PairMLIP::coeff(int narg, char **arg)
 
   try {
     loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_path, "model");
+    loader_full = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_path, "full");
   } catch (std::exception &err) {
     error->all(FLERR, "pair_coeff mlip: cannot load {} on {} ({})", package_path, device,
                first_line(err.what()));
@@ -187,27 +224,11 @@ void PairMLIP::init_style()
                "pair_style mlip needs every pair in the neighbour list: use `special_bonds "
                "lj/coul 1.0 1.0 1.0`");
 
-  // The ghost shell must hold every atom within hops x cutoff of a local atom until the
-  // next neighbour-list rebuild.
-  const double needed = hops * cutoff + neighbor->skin;
-  const bool ours = comm->cutghostuser == 0.0 || comm->cutghostuser == ghost_cutoff_set;
-  if (ours) {
-    if (comm->me == 0 && comm->cutghostuser != needed)
-      utils::logmesg(lmp,
-                     "pair_style mlip: ghost cutoff set to {:.6g} A ({} message-passing "
-                     "layers x {:.6g} A cutoff + {:.6g} A skin)\n",
-                     needed, hops, cutoff, neighbor->skin);
-    comm->cutghostuser = needed;
-    ghost_cutoff_set = needed;
-  } else if (comm->cutghostuser < needed) {
-    error->all(FLERR,
-               "pair_style mlip: comm_modify cutoff {:.6g} A is smaller than the model's "
-               "reach, {} layers x {:.6g} A + {:.6g} A skin = {:.6g} A: raise it or remove it",
-               comm->cutghostuser, hops, cutoff, neighbor->skin, needed);
-  }
-
-  // Nodes up to hops - 1 away need their own neighbour lists: ghost lists from 2 layers on.
-  neighbor->add_request(this, NeighConst::REQ_FULL | (hops > 1 ? NeighConst::REQ_GHOST : 0));
+  // The next layer reads the features of the ghosts within one cutoff of a local atom: the
+  // ghost shell LAMMPS always keeps (at least the pair cutoff plus the skin) holds them, and
+  // the exchange carries one row of at most exchange_width values per atom.
+  comm_forward = comm_reverse = exchange_width;
+  neighbor->add_request(this, NeighConst::REQ_FULL);
   at::set_num_threads(comm->nthreads > 0 ? comm->nthreads : 1);
 }
 
@@ -243,53 +264,45 @@ void PairMLIP::build_graph(int nlocal)
     node_atom.push_back(i);
     node_depth.push_back(0);
   }
-  // Breadth first: the first image of an atom reached is its node's representative, and
-  // nodes are in order of depth.
-  size_t begin = 2;
-  for (int depth = 0; depth < hops; depth++) {
-    const size_t end = node_atom.size();
-    for (size_t p = begin; p < end; p++) {
-      neighbours_of(node_atom[p], [&](int j, double, double, double) {
-        if (node_of_tag.emplace(tag[j], (int) node_atom.size()).second) {
-          node_atom.push_back(j);
-          node_depth.push_back(depth + 1);
-        }
-      });
-    }
-    begin = end;
-  }
-
-  // Pairs: every pair of a node closer than `hops` (complete neighbourhood) once, the
-  // shallower node as receiver (node ids grow with depth), bucketed by (receiver depth,
-  // sender depth) = (d, d) or (d, d + 1).
-  const int buckets = 2 * hops;
-  std::vector<std::vector<int>> bucket_atoms(buckets), bucket_nodes(buckets);
-  std::vector<std::vector<double>> bucket_vectors(buckets);
-  for (size_t p = 2; p < node_atom.size(); p++) {
-    if (node_depth[p] >= hops) break;
-    const int a = node_atom[p];
-    neighbours_of(a, [&](int j, double dx, double dy, double dz) {
-      const int q = node_of_tag.find(tag[j])->second;
-      if (node_depth[q] < hops) {    // found from q's side too: keep one direction
-        if (q < (int) p) return;
-        if (q == (int) p && !positive(dx, dy, dz)) return;
+  // The ghosts the local atoms neighbour: the first image of an atom reached is its node's
+  // representative.
+  for (int i = 0; i < nlocal; i++) {
+    neighbours_of(i, [&](int j, double, double, double) {
+      if (node_of_tag.emplace(tag[j], (int) node_atom.size()).second) {
+        node_atom.push_back(j);
+        node_depth.push_back(1);
       }
-      const int b = 2 * node_depth[p] + (node_depth[q] - node_depth[p]);
-      bucket_atoms[b].insert(bucket_atoms[b].end(), {a, j});
-      bucket_nodes[b].insert(bucket_nodes[b].end(), {(int) p, q});
-      bucket_vectors[b].insert(bucket_vectors[b].end(), {dx, dy, dz});
     });
   }
+
+  // Pairs: every pair with a local atom in it, once, the local atom (the lower node id
+  // for two local atoms) as receiver; those between two local atoms first.
+  std::vector<int> ghost_atoms, ghost_nodes;
+  std::vector<double> ghost_vectors;
   pair_atoms.clear();
   pair_nodes.clear();
   pair_vectors.clear();
-  pair_depths.clear();
-  for (int b = 0; b < buckets; b++) {
-    pair_atoms.insert(pair_atoms.end(), bucket_atoms[b].begin(), bucket_atoms[b].end());
-    pair_nodes.insert(pair_nodes.end(), bucket_nodes[b].begin(), bucket_nodes[b].end());
-    pair_vectors.insert(pair_vectors.end(), bucket_vectors[b].begin(), bucket_vectors[b].end());
-    pair_depths.insert(pair_depths.end(), bucket_atoms[b].size() / 2, b);
+  for (int i = 0; i < nlocal; i++) {
+    const int p = 2 + i;
+    neighbours_of(i, [&](int j, double dx, double dy, double dz) {
+      const int q = node_of_tag.find(tag[j])->second;
+      if (node_depth[q] == 0) {    // found from q's side too: keep one direction
+        if (q < p) return;
+        if (q == p && !positive(dx, dy, dz)) return;
+        pair_atoms.insert(pair_atoms.end(), {i, j});
+        pair_nodes.insert(pair_nodes.end(), {p, q});
+        pair_vectors.insert(pair_vectors.end(), {dx, dy, dz});
+      } else {
+        ghost_atoms.insert(ghost_atoms.end(), {i, j});
+        ghost_nodes.insert(ghost_nodes.end(), {p, q});
+        ghost_vectors.insert(ghost_vectors.end(), {dx, dy, dz});
+      }
+    });
   }
+  local_pairs = (int64_t) pair_nodes.size() / 2;
+  pair_atoms.insert(pair_atoms.end(), ghost_atoms.begin(), ghost_atoms.end());
+  pair_nodes.insert(pair_nodes.end(), ghost_nodes.begin(), ghost_nodes.end());
+  pair_vectors.insert(pair_vectors.end(), ghost_vectors.begin(), ghost_vectors.end());
 }
 
 void PairMLIP::compute(int eflag, int vflag)
@@ -331,38 +344,31 @@ void PairMLIP::compute(int eflag, int vflag)
     }
   }
 
-  // Layer t = 1..L computes the nodes within L - t hops, from the edges into them: the
-  // padding, then prefixes of both halves (pairs are sorted by receiver, then sender depth).
-  std::vector<at::Tensor> layer_sets;
-  for (int t = 1; t <= hops; t++) {
-    const int d = hops - t;
-    int64_t nodes_t = 2, first = 1, second = 1;
-    for (int64_t p = 2; p < num && node_depth[p] <= d; p++) nodes_t++;
-    for (int64_t k = 0; k < pairs; k++) {
-      const int dp = pair_depths[k] / 2, dq = dp + pair_depths[k] % 2;
-      if (dp <= d) first++;
-      if (dq <= d) second++;
-    }
-    at::Tensor edges = at::empty({first + second}, at::kLong);
-    int64_t *e = edges.data_ptr<int64_t>();
-    for (int64_t k = 0; k < first; k++) e[k] = k;
-    for (int64_t k = 0; k < second; k++) e[first + k] = half + k;
-    layer_sets.push_back(at::arange(nodes_t, at::kLong));
-    layer_sets.push_back(edges);
-  }
+  // Every layer computes the padding and the local atoms (the first nodes), from the edges
+  // into them: the padding pair and all pairs in the first half (their receivers are
+  // local), the padding pair and the pairs between local atoms in the second.
+  const int64_t computed = 2 + nlocal;
+  const int64_t first = half, second = 1 + local_pairs;
+  at::Tensor edges = at::empty({first + second}, at::kLong);
+  int64_t *e_in = edges.data_ptr<int64_t>();
+  for (int64_t k = 0; k < first; k++) e_in[k] = k;
+  for (int64_t k = 0; k < second; k++) e_in[first + k] = half + k;
 
   const auto dev = c10::Device(device);
   std::vector<at::Tensor> inputs = {
       vectors.to(dev, double_precision ? at::kDouble : at::kFloat), species.to(dev),
-      edge_index.to(dev), local.to(dev)};
-  for (auto &tensor : layer_sets) inputs.push_back(tensor.to(dev));
+      edge_index.to(dev), local.to(dev), at::arange(computed, at::kLong).to(dev), edges.to(dev)};
   std::vector<at::Tensor> out;
+  computing = this;
   try {
-    out = loader->run(inputs);
+    // without ghost nodes (one rank), every node is computed: the twin without active sets
+    out = (num == computed ? loader_full : loader)->run(inputs);
   } catch (std::exception &err) {
+    computing = nullptr;
     error->one(FLERR, "pair_style mlip: the model failed on {} nodes and {} pairs ({})", num,
                half, first_line(err.what()));
   }
+  computing = nullptr;
   const at::Tensor atomic = out[1].to(at::kCPU, at::kDouble).contiguous();
   const at::Tensor grad = out[2].to(at::kCPU, at::kDouble).contiguous();
   const double *e = atomic.data_ptr<double>();
@@ -404,5 +410,101 @@ void PairMLIP::compute(int eflag, int vflag)
           vatom[j][c] += 0.5 * w[c];
         }
     }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------
+   Ghost exchange. Rows 0 and 1 of the package's node tensors are the padding, rows 2 ...
+   2 + nlocal - 1 the local atoms, the rest the ghost nodes (node_atom: one ghost atom each).
+   On one rank every atom is local and there is nothing to exchange.
+------------------------------------------------------------------------------------------ */
+
+at::Tensor PairMLIP::exchange_forward(const at::Tensor &x, int64_t computed, int64_t total)
+{
+  const int nlocal = atom->nlocal;
+  if (computed != 2 + nlocal || x.size(0) != computed || total != (int64_t) node_atom.size())
+    throw std::runtime_error("ghost exchange of a tensor that does not match the graph");
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = total;
+  if (comm->nprocs == 1) {
+    if (total != computed)
+      throw std::runtime_error("ghost nodes on a single rank (a node of an unknown atom ID)");
+    return x.clone(at::MemoryFormat::Contiguous);    // the layout the package expects
+  }
+  const at::Tensor rows = x.to(at::kCPU, at::kDouble).contiguous().reshape({computed, -1});
+  const int64_t width = rows.size(1);
+  if (width > exchange_width)
+    throw std::runtime_error("ghost exchange wider than the package's exchange_width");
+  exchange_stride = (int) width;
+  exchange_buffer.resize((size_t) (nlocal + atom->nghost) * width);
+  const double *src = rows.data_ptr<double>();
+  std::memcpy(exchange_buffer.data(), src + 2 * width, sizeof(double) * nlocal * width);
+  comm->forward_comm(this, exchange_stride);
+
+  at::Tensor out = at::empty({total, width}, at::kDouble);
+  double *dst = out.data_ptr<double>();
+  std::memcpy(dst, src, sizeof(double) * computed * width);
+  for (int64_t p = computed; p < total; p++)
+    std::memcpy(dst + p * width, exchange_buffer.data() + (size_t) node_atom[p] * width,
+                sizeof(double) * width);
+  return out.reshape(shape).to(x.options());
+}
+
+at::Tensor PairMLIP::exchange_backward(const at::Tensor &grad, int64_t computed)
+{
+  const int nlocal = atom->nlocal;
+  const int64_t total = grad.size(0);
+  if (computed != 2 + nlocal || total != (int64_t) node_atom.size())
+    throw std::runtime_error("ghost exchange gradient that does not match the graph");
+  std::vector<int64_t> shape = grad.sizes().vec();
+  shape[0] = computed;
+  if (comm->nprocs == 1) return grad.narrow(0, 0, computed).clone(at::MemoryFormat::Contiguous);
+  const at::Tensor rows = grad.to(at::kCPU, at::kDouble).contiguous().reshape({total, -1});
+  const int64_t width = rows.size(1);
+  if (width > exchange_width)
+    throw std::runtime_error("ghost exchange wider than the package's exchange_width");
+  exchange_stride = (int) width;
+  exchange_buffer.assign((size_t) (nlocal + atom->nghost) * width, 0.0);
+  const double *src = rows.data_ptr<double>();
+  for (int64_t p = computed; p < total; p++)
+    std::memcpy(exchange_buffer.data() + (size_t) node_atom[p] * width, src + p * width,
+                sizeof(double) * width);
+  comm->reverse_comm(this, exchange_stride);
+
+  at::Tensor out = rows.narrow(0, 0, computed).clone();
+  double *dst = out.data_ptr<double>() + 2 * width;
+  const double *sum = exchange_buffer.data();
+  for (int64_t k = 0; k < (int64_t) nlocal * width; k++) dst[k] += sum[k];
+  return out.reshape(shape).to(grad.options());
+}
+
+int PairMLIP::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  const int w = exchange_stride;
+  for (int k = 0; k < n; k++)
+    std::memcpy(buf + (size_t) k * w, exchange_buffer.data() + (size_t) list[k] * w,
+                sizeof(double) * w);
+  return n * w;
+}
+
+void PairMLIP::unpack_forward_comm(int n, int first, double *buf)
+{
+  const int w = exchange_stride;
+  std::memcpy(exchange_buffer.data() + (size_t) first * w, buf, sizeof(double) * n * w);
+}
+
+int PairMLIP::pack_reverse_comm(int n, int first, double *buf)
+{
+  const int w = exchange_stride;
+  std::memcpy(buf, exchange_buffer.data() + (size_t) first * w, sizeof(double) * n * w);
+  return n * w;
+}
+
+void PairMLIP::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int w = exchange_stride;
+  for (int k = 0; k < n; k++) {
+    double *row = exchange_buffer.data() + (size_t) list[k] * w;
+    for (int c = 0; c < w; c++) row[c] += buf[(size_t) k * w + c];
   }
 }

@@ -15,6 +15,9 @@
 namespace torch::inductor {
 class AOTIModelPackageLoader;
 }
+namespace at {
+class Tensor;
+}
 
 namespace LAMMPS_NS {
 
@@ -27,27 +30,42 @@ class PairMLIP : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // The ghost exchange the package calls between layers (operators mlip_lammps::ghost_exchange
+  // and ghost_exchange_backward), on the pair style whose compute() is running the package.
+  static PairMLIP *computing;
+  at::Tensor exchange_forward(const at::Tensor &x, int64_t computed, int64_t total);
+  at::Tensor exchange_backward(const at::Tensor &grad, int64_t computed);
 
  private:
-  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;         // active sets
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_full;    // every node
   std::string package_path;
   std::vector<std::string> elements;    // the model's elements, species order
   std::vector<int> species_of_type;     // LAMMPS type (1..ntypes) -> species index
   double cutoff = 0.0;                  // model cutoff [Å]
   int hops = 0;                         // message-passing hops of the model
+  int exchange_width = 0;               // most features per atom one ghost exchange carries
   bool double_precision = true;         // package dtype float64 (else float32)
   std::string device = "cpu";           // package device
-  double ghost_cutoff_set = -1.0;       // the ghost cutoff this style set (not the user)
 
   // graph of one call, rebuilt every step (nodes are atoms by ID: the images of one atom
   // on this rank are one node, reached through edges that carry the image's vector)
   std::unordered_map<tagint, int> node_of_tag;
   std::vector<int> node_atom;     // node -> representative atom (local atom where owned; -1: padding)
-  std::vector<int> node_depth;    // node -> hops from the nearest local atom
+  std::vector<int> node_depth;    // node -> 0 for local atoms, 1 for ghosts (-1: padding)
   std::vector<int> pair_atoms;    // per kept pair: receiver atom, sender atom
   std::vector<int> pair_nodes;    // per kept pair: receiver node, sender node
   std::vector<double> pair_vectors;  // per kept pair: x[sender] - x[receiver]
-  std::vector<int> pair_depths;      // per kept pair: 2 x receiver depth + (sender - receiver depth)
+  int64_t local_pairs = 0;           // the kept pairs between two local atoms (the first ones)
+
+  // ghost exchange: one row of `exchange_stride` values per local and ghost atom
+  std::vector<double> exchange_buffer;
+  int exchange_stride = 0;
 
   void allocate();
   void build_graph(int nlocal);
