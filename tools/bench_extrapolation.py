@@ -30,6 +30,7 @@ from pathlib import Path
 import ase
 import ase.io
 import numpy as np
+from ase.data import covalent_radii
 
 from mlip.testing import extrapolation as X
 
@@ -142,8 +143,12 @@ def summarize(e: np.ndarray, tags: list[dict], e0: dict[int, float], e_min_train
         z1, z2 = (int(x) for x in pair.split("-"))
         limit = e0[z1] + e0[z2]
         prof = e[idx]
+        # 1.5 x the bonding distance (sum of covalent radii): beyond it a pair should not be
+        # bound by more than ~1 eV unless the reference is
+        stretched = DIMER_R >= 1.5 * (covalent_radii[z1] + covalent_radii[z2])
         dimers[pair] = {"E(0.2 A) - limit": float(prof[0] - limit),
                         "well below limit": float(prof.min() - limit),
+                        "deepest beyond 1.5 x bond - limit": float(prof[stretched].min() - limit),
                         "E(6 A) - limit": float(prof[-1] - limit),
                         "max |dE/dr| beyond 2 A": float(np.abs(np.diff(prof[DIMER_R >= 2.0])).max() / 0.05)}
     s["dimer"] = dimers
@@ -181,12 +186,14 @@ def print_tables(results: dict, names: list[str]) -> None:
             cells.append(f"{row['min_below_train_min']:+.2f}" + (f" / {1000 * mae:.0f}" if mae is not None
                                                                  and np.isfinite(mae) else ""))
         print(f"| {n} | " + " | ".join(cells) + " |")
-    print("\n### Dimers: E(0.2 Å) - limit / deepest well below limit / E(6 Å) - limit (eV)\n")
+    print("\n### Dimers: E(0.2 Å) - limit / deepest well below limit / deepest beyond 1.5 x the "
+          "covalent bond length - limit / E(6 Å) - limit (eV)\n")
     pairs = list(results[names[0]]["dimer"])
     print("| model | " + " | ".join(pairs) + " |\n|---|" + "---|" * len(pairs))
     for n in names:
         d = results[n]["dimer"]
         print(f"| {n} | " + " | ".join(f"{d[p]['E(0.2 A) - limit']:.0f} / {d[p]['well below limit']:.1f} / "
+                                     f"{d[p]['deepest beyond 1.5 x bond - limit']:.1f} / "
                                      f"{d[p]['E(6 A) - limit']:.2f}" for p in pairs) + " |")
     print("\n### H atoms pulled out to 11 Å: dissociation energy / limit error / max |dE/dr| "
           "(mean over H atoms; eV, eV, eV/Å)\n")
