@@ -63,6 +63,8 @@ def main() -> None:
           for a in ase.io.read(ACAC / "isolated_atoms.xyz", ":")}
     torch.manual_seed(0)
     config = {"backbone": BACKBONE}
+    if FORMAT_VERSION >= 3:  # format 3 names its energy expression: the per-element shift
+        config.update({"baseline": "per_element", "learn_shift": True})  # (noised below)
     model = build_potential(config, [1, 6, 8, 29], [e0[1], e0[6], e0[8], CU_E0],
                             0.8, -4.8, 5.0, 12.0).to(torch.float64)
     with torch.no_grad():  # break the symmetric initial values (e.g. the all-ones product weights)

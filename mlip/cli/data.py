@@ -1,4 +1,5 @@
-"""`mlip data convert|info`: build LMDB datasets from structure files and inspect them."""
+"""`mlip data convert|info|dissociation`: build LMDB datasets from structure files, inspect
+them, make dissociation frames (:mod:`mlip.cli.dissociation`)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("path", metavar="DATA", help="an mlip LMDB file or shard folder")
     info.add_argument("--json", action="store_true", help="print header and metadata as JSON")
     info.set_defaults(func=run_info)
+
+    from mlip.cli import dissociation
+
+    dissociation.register(sub)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

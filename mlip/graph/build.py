@@ -186,16 +186,27 @@ def atoms_to_batch(
 
 class GraphDataset(torch.utils.data.Dataset):
     """Wrap any dataset of Structures into one of graphs at ``cutoff`` (for a DataLoader
-    with ``collate_fn=collate``)."""
+    with ``collate_fn=collate``).
+
+    Args:
+        weights: (len(structures),) loss weight of each structure, given to every graph as
+            LOSS_WEIGHT (1,); None: no LOSS_WEIGHT key (the loss weighs all alike).
+    """
 
     def __init__(self, structures: torch.utils.data.Dataset, cutoff: float,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, weights: np.ndarray | None = None) -> None:
         self.structures = structures
         self.cutoff = float(cutoff)
         self.dtype = dtype or torch.get_default_dtype()
+        if weights is not None and len(weights) != len(structures):
+            raise ValueError(f"{len(weights)} loss weights for {len(structures)} structures")
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(self.structures)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return structure_graph(self.structures[index], self.cutoff, self.dtype)
+        graph = structure_graph(self.structures[index], self.cutoff, self.dtype)
+        if self.weights is not None:
+            graph[keys.LOSS_WEIGHT] = torch.tensor([float(self.weights[index])], dtype=self.dtype)
+        return graph

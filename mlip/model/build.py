@@ -96,14 +96,17 @@ def build_model(model_config: dict[str, Any], statistics: ModelStatistics, prepa
             tensor-product constants (a new model); a saved model's state dict carries them.
     """
     s = statistics
+    # files always record both; a config may leave learn_shift to the baseline (null)
+    baseline = model_config.get("baseline", "none")
+    learn_shift = model_config.get("learn_shift", False)
     backbone = build_backbone(model_config["backbone"], len(s.atomic_numbers), s.cutoff,
                               s.avg_num_neighbors)
     potential = Potential(
         backbone, list(s.atomic_numbers), list(s.e0s), scale=s.scale,
         shift=list(s.shift) if isinstance(s.shift, tuple) else s.shift, cutoff=s.cutoff,
         avg_num_neighbors=s.avg_num_neighbors, repulsion=model_config.get("repulsion"),
-        baseline=model_config.get("baseline", "per_element"),
-        learn_shift=bool(model_config.get("learn_shift", False)),
+        baseline=baseline,
+        learn_shift=baseline != "none" if learn_shift is None else bool(learn_shift),
     )
     rep = potential.repulsion
     if rep is not None and rep.reference == "data" and s.closest_pairs is not None:

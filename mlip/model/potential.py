@@ -1,31 +1,30 @@
-"""The potential: E0 + shift + scaled backbone per-atom energies, with forces and stress.
+"""The potential: E0 + scaled backbone per-atom energies (+ ZBL), with forces and stress.
 
-E_i = E0[z_i] + (shift[z_i] + scale * c[z_i]) * g(n_i) + scale * (b_i - b_iso[z_i]) (+ ZBL_i),
-E = sum_i E_i,
+E_i = E0[z_i] + scale * (b_i - b_iso[z_i]) (+ ZBL_i),     E = sum_i E_i     (``baseline="none"``,
+the default), where b_i is the backbone's per-atom output and b_iso[z] its output for a
+lone atom of element z. Nothing in the expression depends on how many neighbours an atom
+has: an isolated atom has exactly E0, two atoms or fragments farther apart than the cutoff
+have exactly the sum of their energies, and all the interaction energy (about -4.7 eV per
+atom in an organic molecule) is learned by the backbone, which can only learn it from
+geometries: where atoms meet from vacuum, frames that show it (``data.extra``, made by
+``mlip data dissociation``) teach it (docs/history.md, "Bonds that break").
 
-where b_i is the backbone's per-atom output, b_iso[z] the backbone's output for a lone atom
-of element z, shift[z] the mean interaction energy per atom of element z in the training
-data, n_i = sum_j u(r_ij) the smooth coordination number (u the cutoff envelope) and
-g(n) = smootherstep(min(n, 1)) (``baseline="per_element"``, the default). g is exactly 1
-for every atom with at least one neighbour's worth of envelope inside the cutoff, so the
-shift is a per-atom constant that does not depend on how many neighbours an atom has or
-how close they are (no built-in attraction); it falls to 0 (C2-smoothly) only while an
-atom's last neighbours leave the cutoff, so an isolated atom has exactly E0.
+The other baselines add a per-element shift (the training split's mean interaction energy
+per atom, plus an optional learned correction c in units of ``scale``):
 
-``baseline="coordination"`` is the older form, shift * n_i / n_avg: a built-in attraction
-of about shift / n_avg per neighbour (-0.4 eV on acac) that the network must cancel at
-every geometry it has not seen (it made torsion scans and compressed molecules fall below
-the minimum). It stays for model files written with it (format version <= 2); measured,
-it helps nowhere (docs/history.md, The energy expression). ``baseline="none"``: no shift.
+* ``"constant"``: E_i += shift + scale * c, always on, so an isolated atom has E0 + shift:
+  the asymptote of every dissociation is off by the shifts (measured as the worse choice;
+  for users whose E0s are not isolated-atom energies).
+* ``"per_element"``: E_i += (shift + scale * c) * g(n_i), n_i = sum_j u(r_ij) the smooth
+  coordination number (u the cutoff envelope), g(n) = smootherstep(min(n, 1)): on as soon as
+  an atom has one neighbour, off when its last leaves, a built-in 8-9 eV binding of any two
+  atoms that meet from vacuum. The default of model files written before ``"none"``; kept
+  for them.
+* ``"coordination"``: shift * n_i / n_avg, a built-in attraction of about shift / n_avg
+  per neighbour; kept for model files of format version <= 2.
 
-``learn_shift=True`` adds the trainable per-element correction c to the shift (initialised
-at 0, in units of ``scale``; without it c = 0; training configs turn it on). The
-statistics' shift is the mean of the training energies, but the learned part can only move the energy of an atom in a dense environment by changing
-its radial functions, which moves forces and stress with it; on a one-element solid
-(Cu, every atom with ~46 neighbours) that coupling left a constant per-atom energy error of
-50-300 meV/atom that the energy loss could not remove without breaking forces or stress
-(docs/history.md, The energy expression). The correction is a constant for every atom with a
-neighbour, so it changes no force and no stress, and an isolated atom still has exactly E0.
+``learn_shift=True`` adds the trainable correction c (initialised at 0; ``"none"`` has no
+shift to correct).
 
 Energies are accumulated in float64 whatever the model dtype: total energies of molecules
 are thousands of eV, where float32 resolves only ~1 meV. The E0s are an exact float64
@@ -55,7 +54,7 @@ from mlip.ops.radial_table import RadialTable
 from mlip.ops.scatter import scatter_sum
 from mlip.ops.tp.base import TensorProduct
 
-BASELINES = ("per_element", "coordination", "none")
+BASELINES = ("none", "constant", "per_element", "coordination")
 
 
 class UnknownElementError(ValueError):
@@ -71,9 +70,9 @@ class Potential(nn.Module):
         e0s: reference energy of each element [eV], same order.
         scale: per-atom energy scale [eV].
         shift: per-atom energy shift [eV]: one number, or one per element (same order).
-        baseline: how the shift enters: ``"per_element"`` (default; a neighbour-independent
-            constant, switched off only for an isolated atom), ``"coordination"`` (legacy:
-            shift * n_i / n_avg) or ``"none"``.
+        baseline: how the shift enters: ``"none"`` (default: no shift), ``"constant"``
+            (always on), ``"per_element"`` (on from an atom's first neighbour; older files) or
+            ``"coordination"`` (shift * n_i / n_avg; format version <= 2); see above.
         learn_shift: add a trainable per-element correction to the shift (see above).
         cutoff: graph cutoff [Å] the model was trained with.
         avg_num_neighbors: average neighbour count of the training data.
@@ -91,7 +90,7 @@ class Potential(nn.Module):
         cutoff: float = 5.0,
         avg_num_neighbors: float = 1.0,
         repulsion: dict | None = None,
-        baseline: str = "per_element",
+        baseline: str = "none",
         learn_shift: bool = False,
     ) -> None:
         super().__init__()
@@ -123,7 +122,8 @@ class Potential(nn.Module):
         self.learn_shift = bool(learn_shift)
         if self.learn_shift:
             if baseline == "none":
-                raise ValueError("learn_shift needs a baseline (per_element or coordination)")
+                raise ValueError("learn_shift needs a baseline with a shift (constant, per_element "
+                                 "or coordination)")
             # in units of scale, so one optimiser step moves it as much as the readout's
             self.shift_correction = nn.Parameter(torch.zeros(len(self.atomic_numbers)))
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / float(avg_num_neighbors)))
@@ -153,8 +153,11 @@ class Potential(nn.Module):
         return self.shift + self.scale.double() * self.shift_correction.double()
 
     def baseline_energies(self, coordination: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """(N,) float64 shift term of each atom from its smooth coordination number."""
+        """(N,) float64 shift term of each atom (from its smooth coordination number for
+        the per_element and coordination baselines)."""
         shift = self._shift_with_correction()[species]
+        if self.baseline == "constant":
+            return shift
         if self.baseline == "coordination":
             return shift * (coordination.double() * self.inv_avg_neighbors.double())
         x = coordination.double().clamp(0.0, 1.0)
@@ -295,12 +298,16 @@ class Potential(nn.Module):
             inputs[keys.EDGE_WEIGHTS] = self.repulsion.learned_weights(lengths, species, edge_index)
         out = self.backbone(inputs) if active is None else self.backbone(inputs, active)
         num_atoms = species.shape[0]
-        coordination = scatter_sum(self.envelope(lengths), edge_index[1], num_atoms)
         interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
         atomic = self.scale * interaction
         if self.repulsion is not None:
             atomic = atomic + self.repulsion(lengths, species, edge_index, num_atoms)
-        atomic = atomic.double() + self.e0s[species] + self.baseline_energies(coordination, species)
+        atomic = atomic.double() + self.e0s[species]
+        if self.baseline in ("per_element", "coordination"):
+            coordination = scatter_sum(self.envelope(lengths), edge_index[1], num_atoms)
+            atomic = atomic + self.baseline_energies(coordination, species)
+        elif self.baseline == "constant":
+            atomic = atomic + self.baseline_energies(lengths.new_zeros(num_atoms), species)
         return out, atomic
 
     def forward(

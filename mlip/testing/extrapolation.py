@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mlip.data import keys
+from mlip.data.dissociation import bonds, dimer, side  # noqa: F401 - the probes' geometry
 from mlip.graph.build import atoms_to_batch
 from mlip.model.potential import Potential
 
@@ -53,36 +54,6 @@ def scaled_copies(atoms: ase.Atoms, factors) -> list[ase.Atoms]:
     return frames
 
 
-def bonds(atoms: ase.Atoms, mult: float = 1.2) -> list[tuple[int, int]]:
-    """Covalent bonds (i < j): pairs closer than ``mult`` times their covalent-radius sum."""
-    from ase.data import covalent_radii
-
-    d = atoms.get_all_distances()
-    r = covalent_radii[atoms.numbers]
-    i, j = np.nonzero(np.triu(d < mult * (r[:, None] + r[None, :]), k=1))
-    return list(zip(i.tolist(), j.tolist(), strict=True))
-
-
-def _side(atoms: ase.Atoms, i: int, j: int) -> np.ndarray | None:
-    """Atoms on j's side of bond i-j (bool mask), or None when the bond is in a ring."""
-    graph = {k: set() for k in range(len(atoms))}
-    for a, b in bonds(atoms):
-        if {a, b} != {i, j}:
-            graph[a].add(b)
-            graph[b].add(a)
-    seen, stack = {j}, [j]
-    while stack:
-        for n in graph[stack.pop()]:
-            if n not in seen:
-                seen.add(n)
-                stack.append(n)
-    if i in seen:
-        return None
-    mask = np.zeros(len(atoms), dtype=bool)
-    mask[list(seen)] = True
-    return mask
-
-
 def rotatable_bonds(atoms: ase.Atoms, min_side: int = 2) -> list[tuple[int, int]]:
     """Bonds outside rings between heavy atoms with at least ``min_side`` atoms on each side
     (so turning one side changes the geometry)."""
@@ -90,16 +61,16 @@ def rotatable_bonds(atoms: ase.Atoms, min_side: int = 2) -> list[tuple[int, int]
     for i, j in bonds(atoms):
         if atoms.numbers[i] == 1 or atoms.numbers[j] == 1:
             continue
-        side = _side(atoms, i, j)
-        if side is not None and min_side <= side.sum() <= len(atoms) - min_side:
+        mask = side(atoms, i, j)
+        if mask is not None and min_side <= mask.sum() <= len(atoms) - min_side:
             out.append((i, j))
     return out
 
 
 def torsion_scan(atoms: ase.Atoms, i: int, j: int, angles_deg) -> list[ase.Atoms]:
     """Rigid scan: j's side of bond i-j turned about the i->j axis by each angle [deg]."""
-    side = _side(atoms, i, j)
-    if side is None:
+    moving = side(atoms, i, j)
+    if moving is None:
         raise ValueError(f"bond {i}-{j} is in a ring; it has no rigid torsion")
     axis = atoms.positions[j] - atoms.positions[i]
     axis = axis / np.linalg.norm(axis)
@@ -110,8 +81,8 @@ def torsion_scan(atoms: ase.Atoms, i: int, j: int, angles_deg) -> list[ase.Atoms
         rot = np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k  # Rodrigues
         a = atoms.copy()
         a.calc = None
-        moved = a.positions[side] - atoms.positions[j]
-        a.positions[side] = atoms.positions[j] + moved @ rot.T
+        moved = a.positions[moving] - atoms.positions[j]
+        a.positions[moving] = atoms.positions[j] + moved @ rot.T
         frames.append(a)
     return frames
 
@@ -130,9 +101,47 @@ def pair_curve(atoms: ase.Atoms, i: int, j: int, distances) -> list[ase.Atoms]:
     return frames
 
 
-def dimer(z1: int, z2: int, distances) -> list[ase.Atoms]:
-    """Two lone atoms at each distance [Å] along x, no cell."""
-    return [ase.Atoms(numbers=[z1, z2], positions=[[0, 0, 0], [float(d), 0, 0]]) for d in distances]
+def proton_transfer_endpoints(atoms: ase.Atoms, max_rmsd: float = 0.3
+                              ) -> tuple[ase.Atoms, ase.Atoms, int] | None:
+    """An intramolecular proton transfer between two equivalent forms (the enol H of
+    acetylacetone or malonaldehyde hopping between its O atoms): the molecule and its mirror
+    image through the plane halfway between donor and acceptor, with the atoms re-indexed so
+    each keeps its identity (heavy atoms swap with their mirror partners; the moving H maps
+    onto itself on the acceptor's side).
+
+    Returns:
+        (initial, final, index of the moving H), or None when the molecule has no H bonded
+        to an O or N with another O or N within 2.2 Å of it, or when its mirror image does
+        does not match its heavy atoms within ``max_rmsd`` [Å] RMSD (not two equivalent
+        forms).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pos, z = atoms.positions, atoms.numbers
+    for h, donor in [(i, j) for i, j in bonds(atoms) if z[i] == 1 and z[j] in (7, 8)] + \
+            [(j, i) for i, j in bonds(atoms) if z[j] == 1 and z[i] in (7, 8)]:
+        acceptors = [k for k in range(len(atoms)) if k != donor and z[k] in (7, 8)
+                     and np.linalg.norm(pos[k] - pos[h]) < 2.2]
+        for acceptor in acceptors:
+            normal = pos[acceptor] - pos[donor]
+            normal = normal / np.linalg.norm(normal)
+            mid = 0.5 * (pos[acceptor] + pos[donor])
+            mirror = pos - 2.0 * ((pos - mid) @ normal)[:, None] * normal
+            order = np.arange(len(atoms))  # order[m] = k: the image of k lands on m
+            for element in set(z.tolist()):
+                idx = np.nonzero(z == element)[0]
+                cost = np.linalg.norm(pos[idx][:, None] - mirror[idx][None, :], axis=-1)
+                rows, cols = linear_sum_assignment(cost)
+                order[idx[rows]] = idx[cols]
+            if order[h] != h:
+                continue
+            final = mirror[order]
+            heavy = z > 1  # H atoms may turn with their methyl groups
+            if float(np.sqrt(((final[heavy] - pos[heavy]) ** 2).sum(-1).mean())) > max_rmsd:
+                continue
+            initial = ase.Atoms(numbers=z, positions=pos.copy())
+            return initial, ase.Atoms(numbers=z, positions=final), int(h)
+    return None
 
 
 # -- checks --------------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ class PotentialDataModule(L.LightningDataModule):
         self.val_set: torch.utils.data.Dataset | None = None
         self.statistics: DatasetStatistics | None = None
         self.has_stress = False
+        self.extra_count = 0
+        self.train_weights: np.ndarray | None = None
 
     def prepare(self) -> None:
         """Open (converting if needed) the data, split it and compute statistics."""
@@ -78,6 +80,36 @@ class PotentialDataModule(L.LightningDataModule):
         self.statistics = self._statistics(train_sets, train_idx)
         self._check_elements(train_sets, val_idx=None if cfg["val"] else val_idx)
         self.has_stress = any(ds.header.get("labels", {}).get("stress", 0) for ds in train_sets)
+        self._add_extra(train_sets, train_idx)
+
+    def _add_extra(self, train_sets: list[LmdbDataset], train_idx: np.ndarray) -> None:
+        """``data.extra``: frames appended to the training split only (after the statistics,
+        so they move neither E0s, scale, neighbour counts nor the ZBL core's reference
+        distances), each file's frames with its loss weight."""
+        from ase.data import chemical_symbols
+
+        entries = self.cfg.get("extra") or []
+        self.extra_count = 0
+        self.train_weights = None
+        if not entries:
+            return
+        assert self.statistics is not None
+        known = set(self.statistics.e0s)
+        extras = open_datasets([e["file"] for e in entries], key_mapping(self.cfg))
+        weights = [np.ones(len(train_idx))]
+        for entry, ds in zip(entries, extras, strict=True):
+            unknown = set(ds.header["elements"]) - known
+            if unknown:
+                names = sorted(chemical_symbols[int(z)] for z in unknown)
+                raise ValueError(f"{entry['file']} (data.extra): element(s) {names} are not in "
+                                 "the training data; the model cannot learn them from extra frames")
+            weights.append(np.full(len(ds), entry["weight"]))
+        base = ConcatDataset(list(train_sets) + list(extras))
+        first = sum(len(ds) for ds in train_sets)
+        extra_idx = np.arange(first, len(base))
+        self.train_set = Subset(base, np.concatenate([train_idx, extra_idx]).tolist())
+        self.train_weights = np.concatenate(weights)
+        self.extra_count = len(extra_idx)
 
     def _check_elements(self, train_sets: list[LmdbDataset], val_idx: np.ndarray | None) -> None:
         """Validation and test data may hold only elements the model is built for (those of
@@ -179,10 +211,11 @@ class PotentialDataModule(L.LightningDataModule):
             max_atoms=None if budget is None else int(budget), shuffle=True,
             seed=self.config["seed"], rank=rank, world_size=world_size)
 
-    def _loader(self, dataset, sampler: StructureBatchSampler) -> DataLoader:
+    def _loader(self, dataset, sampler: StructureBatchSampler,
+                weights: np.ndarray | None = None) -> DataLoader:
         workers = int(self.cfg["num_workers"])
         return DataLoader(
-            GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype),
+            GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype, weights=weights),
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=workers,
@@ -190,7 +223,7 @@ class PotentialDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.train_sampler(*self._ranks()))
+        return self._loader(self.train_set, self.train_sampler(*self._ranks()), self.train_weights)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._ranks()

@@ -26,7 +26,9 @@ def weighted_loss(
     stress_weight: float,
     normalisers: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """MSE of per-atom energy, force components and stress components, masked by labels.
+    """MSE of per-atom energy, force components and stress components, masked by labels,
+    each structure's squared errors times its LOSS_WEIGHT where the batch has one (the
+    divisors stay the label counts, so weight 2 counts a structure twice).
 
     Args:
         normalisers: ``{"structures", "atoms"}`` per batch, constants of the run (atom-budget
@@ -39,23 +41,27 @@ def weighted_loss(
         dict with 'loss' and its parts 'loss_e', 'loss_f', 'loss_s' (scalars).
     """
     natoms = ref[keys.NUM_ATOMS].to(pred[keys.ENERGY].dtype)
-    e_mask = ref[keys.ENERGY_MASK]
+    weight = ref.get(keys.LOSS_WEIGHT)
+    e_mask = ref[keys.ENERGY_MASK] if weight is None else ref[keys.ENERGY_MASK] * weight
+    f_struct = ref[keys.FORCES_MASK] if weight is None else ref[keys.FORCES_MASK] * weight
     de = (pred[keys.ENERGY] - ref[keys.ENERGY]) / natoms
-    per_structure = e_mask.sum().clamp(min=1) if normalisers is None else normalisers["structures"]
+    per_structure = ref[keys.ENERGY_MASK].sum().clamp(min=1) if normalisers is None else normalisers["structures"]
     loss_e = (e_mask * de.square()).sum() / per_structure
     total = energy_weight * loss_e
     parts = {"loss_e": loss_e}
     if keys.FORCES in pred:
-        f_mask = ref[keys.FORCES_MASK][ref[keys.BATCH]].unsqueeze(-1)
+        f_mask = f_struct[ref[keys.BATCH]].unsqueeze(-1)
         df = pred[keys.FORCES] - ref[keys.FORCES]
-        per_atom = (f_mask.sum()).clamp(min=1) if normalisers is None else normalisers["atoms"]
+        labelled = ref[keys.FORCES_MASK][ref[keys.BATCH]]
+        per_atom = labelled.sum().clamp(min=1) if normalisers is None else normalisers["atoms"]
         loss_f = (f_mask * df.square()).sum() / (3 * per_atom)
         total = total + forces_weight * loss_f
         parts["loss_f"] = loss_f
     if keys.STRESS in pred and stress_weight > 0:
-        s_mask = ref[keys.STRESS_MASK][:, None, None]
+        s_struct = ref[keys.STRESS_MASK] if weight is None else ref[keys.STRESS_MASK] * weight
+        s_mask = s_struct[:, None, None]
         ds = pred[keys.STRESS] - ref[keys.STRESS]
-        stressed = s_mask.sum().clamp(min=1) if normalisers is None else normalisers["structures"]
+        stressed = ref[keys.STRESS_MASK].sum().clamp(min=1) if normalisers is None else normalisers["structures"]
         loss_s = (s_mask * ds.square()).sum() / (9 * stressed)
         total = total + stress_weight * loss_s
         parts["loss_s"] = loss_s

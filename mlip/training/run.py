@@ -183,12 +183,14 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     if rank_zero:
         s = info["statistics"]
         print(
-            f"mlip train: {len(dm.train_set)} train / {len(dm.val_set)} val structures, "
+            f"mlip train: {len(dm.train_set) - dm.extra_count} train"
+            f"{f' + {dm.extra_count} extra' if dm.extra_count else ''} / {len(dm.val_set)} val structures, "
             f"elements {info['atomic_numbers']}, E0s ({s['e0_method']}), "
             f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
-            f"shift ({config['model']['baseline']}) "
-            f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))}"
-            f" eV, {n_params:,} parameters"
+            + ("no shift (baseline none), " if config["model"]["baseline"] == "none" else
+               f"shift ({config['model']['baseline']}) "
+               f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))} eV, ")
+            + f"{n_params:,} parameters"
         )
     trainer, checkpoint = build_trainer(config, run_dir)
     t_fit = time.time()

@@ -14,7 +14,7 @@ Layout (``mlip train`` overrides use the same dotted keys)::
     run_name, seed, output_dir
     data:      train, val, val_fraction, val_size, max_train, test, e0s, cutoff, batch_size,
                max_atoms_per_batch, val_batch_size, num_workers, energy_key, forces_key,
-               stress_key, allow_missing_labels
+               stress_key, allow_missing_labels, extra [{file, weight}]
     model:     dtype, backbone {class_path, init_args}, repulsion {inner, outer, reference}
                (or null), baseline, learn_shift
     training:
@@ -90,6 +90,24 @@ DURATION = Check('a "DD:HH:MM:SS" string', lambda v: isinstance(v, str) and bool
 FILES = Check("a path or a list of paths",
               lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
               lambda v: [v] if isinstance(v, str) else list(v))
+
+
+def _is_extra(value: Any) -> bool:
+    entries = value if isinstance(value, list) else [value]
+    return all(
+        (isinstance(e, str) or (isinstance(e, dict) and isinstance(e.get("file"), str)
+                                and set(e) <= {"file", "weight"}
+                                and _is_number(e.get("weight", 1.0)) and e.get("weight", 1.0) >= 0))
+        for e in entries)
+
+
+def _normalise_extra(value: Any) -> list[dict]:
+    entries = value if isinstance(value, list) else [value]
+    return [{"file": e, "weight": 1.0} if isinstance(e, str)
+            else {"file": e["file"], "weight": float(e.get("weight", 1.0))} for e in entries]
+
+
+EXTRA = Check("a list of {file: PATH, weight: number >= 0} (or paths)", _is_extra, _normalise_extra)
 STAGE_START = Check("an epoch >= 1 or a budget fraction in (0, 1)",
                     lambda v: (_is_int(v) and v >= 1) or (_is_number(v) and 0 < v < 1))
 DEVICES = Check('a positive integer, a list of device indices or "auto"',
@@ -132,6 +150,9 @@ class DataConfig:
     forces_key: str | None = option(None, TEXT | NONE)
     stress_key: str | None = option(None, TEXT | NONE)
     allow_missing_labels: bool = option(False, BOOL)  # frames may lack labels frame 0 has
+    # Extra training frames, never in validation or the statistics, each file with its loss
+    # weight: e.g. dissociation frames from `mlip data dissociation`.
+    extra: list = option([], EXTRA)
 
 
 @dataclass
@@ -158,11 +179,12 @@ class ModelConfig:
     dtype: str = option("float32", choice("float32", "float64"))
     backbone: BackboneConfig = section(BackboneConfig)
     repulsion: RepulsionConfig | None = section(RepulsionConfig, nullable=True)
-    # How the per-element mean interaction energy enters (mlip.model.potential).
-    baseline: str = option("per_element", choice(*BASELINES))
-    # Train a per-element correction to that constant (forces and stress unaffected;
-    # docs/history.md, The energy expression).
-    learn_shift: bool = option(True, BOOL)
+    # Whether and how a per-element mean interaction energy enters (mlip.model.potential):
+    # none (default; the backbone learns all of it), constant, per_element, coordination.
+    baseline: str = option("none", choice(*BASELINES))
+    # Train a per-element correction to that constant (forces and stress unaffected);
+    # null: on for every baseline with a shift, off for none.
+    learn_shift: bool | None = option(None, BOOL | NONE)
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -183,26 +183,30 @@ def test_callers_model_untouched_and_cached(trained_acac_model):
     assert calc.num_builds == 2
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_old_model_files_still_load(bundled_acac, version):
-    """Genuine format-1 and format-2 files, written by the last commits that wrote those
-    formats (see tests/calculator/data/README.md), load with today's code and give the old
-    code's own predictions: acac frames 0 and 1 and a rattled periodic 4-atom Cu cell, through
-    ``load_model`` and through the calculator, in float64. Those formats had one scalar shift
-    in the coordination baseline and no "baseline" in the model config; format 1 also kept
-    float64 E0s as a plain tensor and a 120-row Z table. Measured with torch 2.13 on CPU:
+    """Genuine format-1, 2 and 3 files, written by the last commits that wrote those formats
+    or that energy expression (see tests/calculator/data/README.md), load with today's code
+    and give the old code's own predictions: acac frames 0 and 1 and a rattled periodic
+    4-atom Cu cell, through ``load_model`` and through the calculator, in float64. Formats 1
+    and 2 had one scalar shift in the coordination baseline and no "baseline" in the model
+    config; format 1 also kept float64 E0s as a plain tensor and a 120-row Z table. The
+    format-3 file uses the per-element shift switched on by an atom's first neighbour, with
+    a learned correction, which the default no longer is. Measured with torch 2.13 on CPU:
     energies bitwise equal, forces within 7e-16 eV/Å (summation order); asserted to 1e-10."""
     refs = json.loads((LEGACY_MODELS / "legacy_models.json").read_text(encoding="utf-8"))
     record = refs["models"][str(version)]
     path = LEGACY_MODELS / record["file"]
     payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled classes
-    assert payload["format_version"] == version and "baseline" not in payload["model_config"]
+    assert payload["format_version"] == version
+    expression = "coordination" if version <= 2 else "per_element"
+    assert payload["model_config"].get("baseline") == (None if version <= 2 else expression)
     assert mlip.load_model is load_model
     model = load_model(path)
-    assert model.baseline == "coordination"
+    assert model.baseline == expression and model.learn_shift == (version >= 3)
     assert next(model.parameters()).dtype == torch.float64
     calc = MLIPCalculator(path, device="cpu", dtype=torch.float64)
-    assert calc.model.baseline == "coordination"
+    assert calc.model.baseline == expression
     for structure in record["structures"]:
         atoms = ase.Atoms(structure["numbers"], structure["positions"], cell=structure["cell"],
                           pbc=structure["pbc"])

@@ -1,5 +1,7 @@
-"""The energy baseline: a per-element constant that does not depend on neighbours, zero
-for an isolated atom; the legacy coordination form only on request (and for old files)."""
+"""The energy expression: by default nothing depends on the number of neighbours (no shift:
+an isolated atom has E0, separated fragments the sum of their energies, and a model whose
+backbone outputs nothing binds nothing); a constant shift always on, or the older forms
+switched by neighbours, only on request (and for old files)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ BACKBONE = {"class_path": "mlip.backbones.equivariant.EquivariantBackbone",
                           "num_layers": 2, "radial_hidden": 16}}
 E0S = [-13.6, -1029.0, -2041.0]
 SHIFTS = [-3.0, -6.0, -5.0]
+
+
+MOL = ase.Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                  [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
 
 
 def model(baseline="per_element", shift=SHIFTS):
@@ -50,11 +56,53 @@ def test_shift_does_not_depend_on_geometry():
         np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)
 
 
-def test_isolated_atom_and_dimer_limit_are_e0():
-    m = model()
+@pytest.mark.parametrize("baseline", ["none", "per_element"])
+def test_isolated_atom_and_dimer_limit_are_e0(baseline):
+    m = model(baseline)
     assert physics.measure_isolated_atom_error(m) < 1e-10
     far = ase.Atoms("CO", positions=[[0, 0, 0], [0, 0, 5.0001]])
     assert physics.predict(m, [far])["energy"][0] == pytest.approx(E0S[1] + E0S[2], abs=1e-9)
+
+
+def test_default_expression_has_no_built_in_binding():
+    """The default (no shift): with the backbone's per-atom output made a constant (its last
+    layer zeroed), every dimer from the ZBL core's outer radius to beyond the cutoff has
+    exactly the E0 sum, where the per-element shift binds it by -(shift_a + shift_b) as soon as
+    the pair is closer than ~the cutoff (the hole reactive MD fell into)."""
+    default = build_potential({"backbone": BACKBONE}, [1, 6, 8], E0S, 1.0, SHIFTS, 5.0, 12.0).double()
+    assert default.baseline == "none" and not default.learn_shift
+    legacy = model("per_element")
+    for m in (default, legacy):
+        with torch.no_grad():
+            for name, p in m.backbone.named_parameters():
+                if "readout" in name:
+                    p.zero_()
+    r = np.linspace(1.0, 6.0, 51)
+    frames = [ase.Atoms("CO", positions=[[0, 0, 0], [0, 0, d]]) for d in r]
+    limit = E0S[1] + E0S[2]
+    e = physics.predict(default, frames)["energy"]
+    np.testing.assert_allclose(e, limit, rtol=0, atol=1e-9)
+    e_legacy = physics.predict(legacy, frames)["energy"]
+    binding = SHIFTS[1] + SHIFTS[2]  # -11 eV
+    assert np.all(e_legacy[r <= 2.0] - limit < 0.9 * binding)
+    assert np.all(np.diff(e_legacy[r >= 2.0]) >= 0) and e_legacy[-1] == pytest.approx(limit, abs=1e-9)
+
+
+def test_constant_shift_is_always_on():
+    """``baseline: constant``: shift[z] for every atom, bonded or alone (the isolated-atom
+    energy says so), and no force."""
+    const, none = model("constant"), model("none")
+    for atoms, expected in ((MOL, SHIFTS[1] + 4 * SHIFTS[0]), (ase.Atoms("O"), SHIFTS[2]),
+                            (ase.Atoms("CO", positions=[[0, 0, 0], [0, 0, 8.0]]), SHIFTS[1] + SHIFTS[2])):
+        p, q = physics.predict(const, [atoms]), physics.predict(none, [atoms])
+        assert p["energy"][0] - q["energy"][0] == pytest.approx(expected, abs=1e-9)
+        np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)
+
+
+def test_learn_shift_needs_a_shift():
+    with pytest.raises(ValueError, match="learn_shift needs a baseline with a shift"):
+        build_potential({"backbone": BACKBONE, "baseline": "none", "learn_shift": True}, [1, 6, 8],
+                        E0S, 1.0, SHIFTS, 5.0, 12.0)
 
 
 def test_legacy_coordination_baseline_grows_with_neighbours():
@@ -100,7 +148,8 @@ def test_learned_shift_moves_energy_only():
     from mlip.graph.build import atoms_to_batch
 
     fixed = model()
-    learned = build_potential({"backbone": BACKBONE, "learn_shift": True}, [1, 6, 8], E0S, 2.0,
+    learned = build_potential({"backbone": BACKBONE, "baseline": "per_element", "learn_shift": True},
+                              [1, 6, 8], E0S, 2.0,
                               SHIFTS, 5.0, 12.0).double()
     learned.backbone.load_state_dict(fixed.backbone.state_dict())
     learned.scale.fill_(1.0)
@@ -132,11 +181,16 @@ def test_learned_shift_moves_energy_only():
 def test_learned_shift_round_trips(tmp_path):
     from mlip.model.io import load_model, save_model
 
-    learned = build_potential({"backbone": BACKBONE, "learn_shift": True}, [1, 6, 8], E0S, 1.0,
-                              SHIFTS, 5.0, 12.0).double()
+    config = {"backbone": BACKBONE, "baseline": "per_element", "learn_shift": True}
+    learned = build_potential(config, [1, 6, 8], E0S, 1.0, SHIFTS, 5.0, 12.0).double()
     with torch.no_grad():
         learned.shift_correction.copy_(torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64))
-    path = save_model(tmp_path / "m.pt", learned, {"backbone": BACKBONE, "learn_shift": True}, 12.0)
+    path = save_model(tmp_path / "m.pt", learned, config, 12.0)
     again = load_model(path)
     assert again.learn_shift and again.shift_correction.tolist() == pytest.approx([0.1, -0.2, 0.3])
-    assert load_model(save_model(tmp_path / "f.pt", model(), {"backbone": BACKBONE}, 12.0)).learn_shift is False
+    assert again.baseline == "per_element"
+    # the file records the expression, whatever the config it was saved with says
+    fixed = load_model(save_model(tmp_path / "f.pt", model(), {"backbone": BACKBONE}, 12.0))
+    assert fixed.learn_shift is False and fixed.baseline == "per_element"
+    default = build_potential({"backbone": BACKBONE}, [1, 6, 8], E0S, 1.0, SHIFTS, 5.0, 12.0)
+    assert load_model(save_model(tmp_path / "d.pt", default, {"backbone": BACKBONE}, 12.0)).baseline == "none"

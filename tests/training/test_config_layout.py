@@ -15,8 +15,22 @@ ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "resolved_configs_v1.json").read_text())
 
 
+# Defaults changed on purpose since the snapshot (the energy expression: no shift, so
+# nothing switches with an atom's first neighbour) and keys added since, with their defaults.
+CHANGED_DEFAULTS = {("model", "baseline"): ("per_element", "none"),
+                    ("model", "learn_shift"): (True, None)}
+ADDED = {("data", "extra"): []}
+
+
 def nested(flat: dict) -> dict:
-    """A flat-layout resolved config in the nested layout (the deprecation mapping)."""
+    """A flat-layout resolved config in the nested layout (the deprecation mapping), with
+    the deliberate default changes and the added keys applied."""
+    flat = json.loads(json.dumps(flat))
+    for (section, key), (old, new) in CHANGED_DEFAULTS.items():
+        if flat[section][key] == old:
+            flat[section][key] = new
+    for (section, key), value in ADDED.items():
+        flat[section].setdefault(key, value)
     out = {k: v for k, v in flat.items() if k != "training"}
     training: dict = {}
     for old, value in flat["training"].items():
