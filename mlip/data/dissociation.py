@@ -195,7 +195,7 @@ def make_paths(train: list[ase.Atoms], e0s: dict[int, float], cutoff: float, fra
     missing = [z for z in elements if z not in e0s]
     if missing:
         raise ValueError(f"no isolated-atom energy (E0) for element(s) {missing}: give an E0 file")
-    closest = closest_pair_distances([a for a in train[:200]])
+    closest = closest_pair_distances(train[:200])  # the data's closest approach of each pair
     out: list[DissociationPath] = []
     for n, z1 in enumerate(elements):
         for z2 in elements[n:]:
