@@ -144,8 +144,9 @@ def neb_barrier(start: ase.Atoms, calculator) -> dict | None:
     (equal energy by symmetry), 9 images from IDPP, FIRE to fmax 0.05 eV/Å (at most 400 steps).
 
     Returns:
-        {"barrier": E_max - E(end) [eV], "converged": bool, "path": relative energies}, or None
-        when the relaxed molecule has no equivalent transfer.
+        {"barrier": E_max - E(end) [eV], "converged": bool, "path": relative energies,
+        "images": the relaxed band (ase.Atoms)}, or None when the relaxed molecule has no
+        equivalent transfer.
     """
     from ase.mep import NEB
     from ase.optimize import BFGS, FIRE
@@ -164,7 +165,8 @@ def neb_barrier(start: ase.Atoms, calculator) -> dict | None:
     converged = bool(FIRE(neb, logfile=None).run(fmax=0.05, steps=400))
     e = np.array([im.get_potential_energy() for im in images])
     return {"barrier": float(e.max() - 0.5 * (e[0] + e[-1])), "converged": converged,
-            "end_asymmetry": float(e[-1] - e[0]), "path": (e - e[0]).tolist()}
+            "end_asymmetry": float(e[-1] - e[0]), "path": (e - e[0]).tolist(),
+            "images": [ase.Atoms(numbers=im.numbers, positions=im.positions) for im in images]}
 
 
 def _idx(tags: list[dict], **match) -> list[int]:
@@ -342,6 +344,8 @@ def main() -> None:
     if ref is not None:
         results["GFN2-xTB"] = summarize(ref, tags, e_min, None)
     for n, neb in nebs.items():
+        if neb is not None:  # each model's band, for a reference along it (tools/dft_on_path.py)
+            ase.io.write(out / f"neb_{n}.xyz", neb.pop("images"))
         results[n]["neb"] = neb
     names = list(results)
     (out / "energies.json").write_text(json.dumps(

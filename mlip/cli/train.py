@@ -1,4 +1,4 @@
-"""`mlip train --config FILE [key.sub=value ...] [--resume | --overwrite]`."""
+"""`mlip train --config FILE [key.sub=value ...] [--init-from MODEL] [--resume | --overwrite]`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from this trained model file (model.init_from): its architecture "
+                        "and weights; choose data.e0s=foundation|refit|FILE")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue checkpoints/<run>/last.ckpt")
     mode.add_argument("--overwrite", action="store_true",
@@ -28,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from mlip.training.run import train
 
     try:
-        config = load_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.init_from:
+            overrides.append(f"model.init_from={args.init_from}")
+        config = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
     try:

@@ -50,6 +50,7 @@ ENERGY_MASK = "energy_mask"  # (B,) float | energy label present
 FORCES_MASK = "forces_mask"  # (B,) float | forces label present
 STRESS_MASK = "stress_mask"  # (B,) float | stress label present
 LOSS_WEIGHT = "loss_weight"  # (B,) float | weight of the structure in the training loss (absent: 1) [1]
+LOSS_WEIGHT_STAGE_TWO = "loss_weight_stage_two"  # (B,) float | its weight in stage two (absent: LOSS_WEIGHT) [1]
 
 # --- model internals -----------------------------------------------------------------
 SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
@@ -65,7 +66,7 @@ NODE_KEYS = frozenset({
 EDGE_KEYS = frozenset({EDGE_INDEX, CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS, EDGE_WEIGHTS})
 GRAPH_KEYS = frozenset({
     CELL, PBC, NUM_ATOMS, ENERGY, STRESS, VIRIAL, CHARGE, SPIN, ENERGY_MASK, FORCES_MASK,
-    STRESS_MASK, LOSS_WEIGHT,
+    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO,
 })
 
 

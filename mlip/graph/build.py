@@ -190,7 +190,9 @@ class GraphDataset(torch.utils.data.Dataset):
 
     Args:
         weights: (len(structures),) loss weight of each structure, given to every graph as
-            LOSS_WEIGHT (1,); None: no LOSS_WEIGHT key (the loss weighs all alike).
+            LOSS_WEIGHT (1,), or (len(structures), 2): the weights in stage one and in stage
+            two (LOSS_WEIGHT and LOSS_WEIGHT_STAGE_TWO); None: no weight keys (the loss
+            weighs all alike).
     """
 
     def __init__(self, structures: torch.utils.data.Dataset, cutoff: float,
@@ -208,5 +210,8 @@ class GraphDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         graph = structure_graph(self.structures[index], self.cutoff, self.dtype)
         if self.weights is not None:
-            graph[keys.LOSS_WEIGHT] = torch.tensor([float(self.weights[index])], dtype=self.dtype)
+            row = np.atleast_1d(self.weights[index])
+            graph[keys.LOSS_WEIGHT] = torch.tensor(row[:1], dtype=self.dtype)
+            if len(row) > 1:
+                graph[keys.LOSS_WEIGHT_STAGE_TWO] = torch.tensor(row[1:2], dtype=self.dtype)
         return graph

@@ -98,13 +98,14 @@ def save_model(path: str | Path, potential: Potential, model_config: dict[str, A
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Potential:
-    """Load a model file safely (``weights_only=True``) and rebuild the Potential.
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """A model file's payload, read safely (``weights_only=True``) and upgraded to the current
+    format: its metadata (:func:`model_metadata`) and ``state_dict``.
 
-    Args:
-        path: the ``.pt`` file written by :func:`save_model` (or by ``mlip train``).
-        device: where to put the model.
-        dtype: float32/float64; default: the dtype it was saved in.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file: not loadable, not an mlip model file, or of a
+            newer format than this mlip reads.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,21 +116,35 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise ValueError(f"{path} is not a loadable mlip model file: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an mlip model file (format tag missing)")
-    if payload["format_version"] > FORMAT_VERSION:
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: unknown mlip model format version {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{path} has format version {payload['format_version']}; this mlip reads "
-            f"<= {FORMAT_VERSION}: upgrade mlip"
+            f"{path} has format version {version}; this mlip reads <= {FORMAT_VERSION}: upgrade mlip"
         )
     state = payload["state_dict"]
-    if payload["format_version"] < 2:
+    if version < 2:
         state = _upgrade_v1(state)
-    if payload["format_version"] < 3:
+    if version < 3:
         state = _upgrade_v2(payload, state)
-    state = _upgrade_fields(payload, state)
+    payload["state_dict"] = _upgrade_fields(payload, state)
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Potential:
+    """Load a model file safely (``weights_only=True``) and rebuild the Potential.
+
+    Args:
+        path: the ``.pt`` file written by :func:`save_model` (or by ``mlip train``).
+        device: where to put the model.
+        dtype: float32/float64; default: the dtype it was saved in.
+    """
+    payload = read_model_file(path)
     statistics = ModelStatistics.from_dict(payload)  # the core's radii come with the state
     with torch.random.fork_rng(devices=[]):  # the throw-away initial weights draw numbers
         potential = build_model(payload["model_config"], statistics, prepare=False)
     # Loaded at the saved precision (loading float64 weights into float32 parameters would
     # round them), then cast.
-    potential.load_state_dict(state)
+    potential.load_state_dict(payload["state_dict"])
     return potential.to(device=device, dtype=dtype).eval()

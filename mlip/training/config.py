@@ -271,9 +271,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         config_dir = path.parent
     for override in overrides:
         _apply_user_override(user, override)
+    from mlip.training.finetune import check_replay, inherit_model
+
+    inherit_model(user, config_dir)  # model.init_from: the architecture comes from the file
     preset_training: dict = {}
     if isinstance(user.get("model"), dict) and "backbone" in user["model"]:
         user["model"]["backbone"], preset_training = resolve_backbone(
             user["model"]["backbone"], config_dir)
     merged = deep_update({"training": preset_training}, user) if preset_training else user
-    return resolve_section(RunConfig, merged)
+    config = resolve_section(RunConfig, merged)
+    check_replay(config)
+    return config

@@ -85,30 +85,44 @@ class PotentialDataModule(L.LightningDataModule):
     def _add_extra(self, train_sets: list[LmdbDataset], train_idx: np.ndarray) -> None:
         """``data.extra``: frames appended to the training split only (after the statistics,
         so they move neither E0s, scale, neighbour counts nor the ZBL core's reference
-        distances), each file's frames with its loss weight."""
-        from ase.data import chemical_symbols
-
-        entries = self.cfg.get("extra") or []
+        distances), each file's frames with its loss weights in stage one and stage two."""
+        self._own = (train_sets, train_idx)
+        self._extras: list[tuple[LmdbDataset, float, float]] = []
         self.extra_count = 0
         self.train_weights = None
+        entries = self.cfg.get("extra") or []
         if not entries:
             return
         assert self.statistics is not None
-        known = set(self.statistics.e0s)
         extras = open_datasets([e["file"] for e in entries], key_mapping(self.cfg))
-        weights = [np.ones(len(train_idx))]
         for entry, ds in zip(entries, extras, strict=True):
-            unknown = set(ds.header["elements"]) - known
-            if unknown:
-                names = sorted(chemical_symbols[int(z)] for z in unknown)
-                raise ValueError(f"{entry['file']} (data.extra): element(s) {names} are not in "
-                                 "the training data; the model cannot learn them from extra frames")
-            weights.append(np.full(len(ds), entry["weight"]))
-        base = ConcatDataset(list(train_sets) + list(extras))
+            self.add_frames(ds, entry["weight"], entry["stage_two_weight"], entry["file"],
+                            known=set(self.statistics.e0s), what="data.extra")
+
+    def add_frames(self, dataset: LmdbDataset, weight: float, stage_two_weight: float,
+                   name: str, known: set[int], what: str) -> None:
+        """Append ``dataset``'s frames to the training split with these loss weights (extra
+        or replayed frames: never in validation or the statistics).
+
+        Raises:
+            ValueError: elements outside ``known``, naming the file (``name``) and ``what``.
+        """
+        from ase.data import chemical_symbols
+
+        unknown = set(int(z) for z in dataset.header["elements"]) - known
+        if unknown:
+            names = sorted(chemical_symbols[z] for z in unknown)
+            raise ValueError(f"{name} ({what}): element(s) {names} are not in "
+                             "the training data; the model cannot learn them from extra frames")
+        self._extras.append((dataset, weight, stage_two_weight))
+        train_sets, train_idx = self._own
+        base = ConcatDataset(list(train_sets) + [ds for ds, _, _ in self._extras])
         first = sum(len(ds) for ds in train_sets)
         extra_idx = np.arange(first, len(base))
         self.train_set = Subset(base, np.concatenate([train_idx, extra_idx]).tolist())
-        self.train_weights = np.concatenate(weights)
+        self.train_weights = np.concatenate(
+            [np.ones((len(train_idx), 2))]
+            + [np.tile([w, w2], (len(ds), 1)) for ds, w, w2 in self._extras])
         self.extra_count = len(extra_idx)
 
     def _check_elements(self, train_sets: list[LmdbDataset], val_idx: np.ndarray | None) -> None:
@@ -145,7 +159,8 @@ class PotentialDataModule(L.LightningDataModule):
     def _statistics(self, train_sets: list[LmdbDataset], train_idx: np.ndarray) -> DatasetStatistics:
         cfg = self.cfg
         e0_spec = cfg["e0s"]
-        e0s = None if e0_spec in (None, "least_squares") else e0s_from_file(e0_spec)
+        # foundation / refit (fine-tuning): the model file's E0s, set by mlip.training.finetune
+        e0s = None if e0_spec in (None, "least_squares", "foundation", "refit") else e0s_from_file(e0_spec)
         tag = hashlib.sha1(
             np.asarray(train_idx, dtype=np.int64).tobytes()
             + json.dumps([e0_spec, e0s and sorted(e0s.items())]).encode()

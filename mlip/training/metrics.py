@@ -18,6 +18,15 @@ SUM_FIELDS = (
 )
 
 
+def stage_weights(data: dict[str, torch.Tensor], stage_two: bool) -> dict[str, torch.Tensor]:
+    """The batch with the current stage's per-structure loss weights as LOSS_WEIGHT: in stage
+    two, LOSS_WEIGHT_STAGE_TWO where the batch has one (``data.extra`` files' stage-two
+    weights); otherwise the batch unchanged."""
+    if stage_two and keys.LOSS_WEIGHT_STAGE_TWO in data:
+        return {**data, keys.LOSS_WEIGHT: data[keys.LOSS_WEIGHT_STAGE_TWO]}
+    return data
+
+
 def weighted_loss(
     pred: dict[str, torch.Tensor],
     ref: dict[str, torch.Tensor],

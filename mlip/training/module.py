@@ -18,7 +18,8 @@ from mlip.ops.rotations import random_rotations
 from mlip.training.callbacks import RestartablePlateau
 from mlip.training.config import max_time_seconds
 from mlip.training.ema import ExponentialMovingAverage
-from mlip.training.metrics import metric_sums, summarize, weighted_loss
+from mlip.training.finetune import freeze
+from mlip.training.metrics import metric_sums, stage_weights, summarize, weighted_loss
 from mlip.training.schema import OPTIMIZERS
 from mlip.training.symmetry import EquivarianceTerm, rotate_batch
 
@@ -43,8 +44,9 @@ class PotentialModule(L.LightningModule):
         self.data_info = data_info
         self.model: Potential = build_model(config["model"], ModelStatistics.from_dict(data_info))
         tc = config["training"]
-        decay = tc["ema"]["decay"]
-        self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
+        self.frozen = freeze(self.model, tc.get("freeze") or [])
+        self.ema: ExponentialMovingAverage | None = None
+        self.reset_ema()
         self.compute_stress = bool(data_info.get("has_stress")) and tc["loss"]["stress_weight"] > 0
         # Extra loss terms, each created because the backbone declares what it acts on and
         # the config enables it; trained with the model, never exported.
@@ -55,6 +57,12 @@ class PotentialModule(L.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}  # reduced over ranks
         self.stage_two = False  # set by mlip.training.callbacks.StageTwo
         self._fit_start: float | None = None
+
+    def reset_ema(self) -> None:
+        """Start the moving average afresh from the current weights (after loading a model
+        to fine-tune: the average must not remember the throw-away initial weights)."""
+        decay = self.config["training"]["ema"]["decay"]
+        self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
 
     # -- budget and loss weights ---------------------------------------------------------------
     def budget_fraction(self) -> float:
@@ -107,7 +115,7 @@ class PotentialModule(L.LightningModule):
         if symmetry["augment_rotations"]:
             data = rotate_batch(data, self._rotations(num_graphs))
         pred = self(data, training=True)
-        losses = weighted_loss(pred, data, *self.loss_weights(self.stage_two),
+        losses = weighted_loss(pred, stage_weights(data, self.stage_two), *self.loss_weights(self.stage_two),
                                normalisers=self.data_info.get("batch_normalisers"))
         for stream, (name, term) in enumerate(self.loss_terms.items(), start=1):
             rotations = self._rotations(num_graphs, term.settings["max_angle"], stream=stream)
@@ -194,7 +202,8 @@ class PotentialModule(L.LightningModule):
         tc = self.config["training"]
         optim, sc = tc["optim"], tc["schedule"]
         cls = OPTIMIZERS[optim["optimizer"]]
-        params = list(self.model.parameters()) + list(self.loss_terms.parameters())
+        params = [p for p in list(self.model.parameters()) + list(self.loss_terms.parameters())
+                  if p.requires_grad]  # not the frozen groups (training.freeze)
         opt = cls(params, lr=optim["lr"], weight_decay=optim["weight_decay"], amsgrad=optim["amsgrad"])
         if sc["scheduler"] == "plateau":
             sched = RestartablePlateau(opt, factor=sc["plateau_factor"], patience=sc["plateau_patience"])

@@ -20,13 +20,14 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlip.model.io import load_model, save_model
+from mlip.model.io import load_model, read_model_file, save_model
 from mlip.ranks import global_rank
 from mlip.training.callbacks import StagedBest, StagedEarlyStopping, StageTwo
 from mlip.training.checkpoint_io import AtomicCheckpointIO
 from mlip.training.config import max_time_seconds
 from mlip.training.datamodule import PotentialDataModule
 from mlip.training.evaluate import evaluate_file, format_table
+from mlip.training.finetune import initial_info, start_from
 from mlip.training.module import PotentialModule
 from mlip.training.progress import EpochLines
 
@@ -147,6 +148,29 @@ def _remove_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
+def _replay(config: dict[str, Any], module: PotentialModule, dm: PotentialDataModule,
+            payload: dict[str, Any], run_dir: Path, resume: bool) -> str:
+    """``data.replay``: choose and label the frames once (``<run>/replay.lmdb``, kept for a
+    resumed run) and add them to the training split; returns a one-line description."""
+    from mlip.data.open import key_mapping
+    from mlip.data.shards import open_dataset
+    from mlip.training.replay import build_replay
+
+    settings = config["data"]["replay"]
+    out = run_dir / "replay.lmdb"
+    if not (resume and out.exists()):
+        shift = {int(z): float(new - old) for z, new, old in
+                 zip(payload["atomic_numbers"], module.model.e0s.tolist(), payload["e0s"], strict=False)}
+        build_replay(settings, module.model, key_mapping(config["data"]), out, config["seed"],
+                     config["data"]["val_batch_size"], e0_shift=shift)
+    dataset = open_dataset(str(out))
+    dm.add_frames(dataset, settings["weight"], settings["weight"], str(out),
+                  known=set(module.model.atomic_numbers), what="data.replay")
+    labels = "pseudolabels of the starting model" if settings["pseudolabels"] else "their labels"
+    return (f"{len(dataset)} frames of {', '.join(settings['file'])} ({settings['select']}, "
+            f"{labels}, weight {settings['weight']:g})")
+
+
 def _train(config: dict[str, Any] | str | Path, resume: bool,
            overrides: list[str] | tuple[str, ...], overwrite: bool = False) -> dict[str, Any]:
     if not isinstance(config, dict):
@@ -178,20 +202,40 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     dm = PotentialDataModule(config)
     dm.prepare()
     info = dm.data_info()
+    source = config["model"].get("init_from")
+    if source:  # fine-tuning: the file's elements, normalisations and E0 choice
+        payload = read_model_file(source)
+        info = initial_info(payload, info, config["data"]["e0s"], source)
     module = PotentialModule(config, info)
     n_params = sum(p.numel() for p in module.model.parameters())
+    start = start_from(module, dm, payload) if source and not resume else None
     if rank_zero:
         s = info["statistics"]
         print(
             f"mlip train: {len(dm.train_set) - dm.extra_count} train"
             f"{f' + {dm.extra_count} extra' if dm.extra_count else ''} / {len(dm.val_set)} val structures, "
-            f"elements {info['atomic_numbers']}, E0s ({s['e0_method']}), "
+            f"elements {info['atomic_numbers']}, E0s ({config['data']['e0s'] if source else s['e0_method']}), "
             f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
             + ("no shift (baseline none), " if config["model"]["baseline"] == "none" else
                f"shift ({config['model']['baseline']}) "
                f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))} eV, ")
             + f"{n_params:,} parameters"
         )
+    if start is not None and rank_zero:
+        val = start["val"]
+        refit = (f"; E0s refit: per-atom energy MAE {1000 * start['refit_mae_before']:.1f} -> "
+                 f"{1000 * start['refit_mae_after']:.1f} meV/atom" if "refit_mae_before" in start else "")
+        new = info["init_from"]["new_elements"]
+        grown = f", {start['tensors']['extended']} grown for new elements {new}" if new else ""
+        frozen = f", {len(module.frozen)} parameters frozen" if module.frozen else ""
+        print(f"mlip train: from {source}: {start['tensors']['copied']} tensors copied"
+              f"{grown}{frozen}{refit}")
+        print(f"epoch 0 (before training): val F MAE {val.get('f_mae', float('nan')):.2f} meV/Å, "
+              f"val E MAE {val.get('e_mae', float('nan')):.2f} meV", flush=True)
+    if source and config["data"]["replay"]["file"]:
+        replayed = _replay(config, module, dm, payload, run_dir, resume)
+        if rank_zero:
+            print(f"mlip train: replaying {replayed}", flush=True)
     trainer, checkpoint = build_trainer(config, run_dir)
     t_fit = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
@@ -206,6 +250,8 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
         "train_structures_per_second": trainer.current_epoch * len(dm.train_set) / max(fit_seconds, 1e-9),
         "last_metrics": module.last_metrics,
     }
+    if start is not None:
+        summary["initial"] = {"from": source, "val": start["val"], "e0s": start["e0s"]}
     if not trainer.is_global_zero:
         return summary
     best = checkpoint.best_model_path or (str(last) if last.exists() else None)

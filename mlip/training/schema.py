@@ -96,18 +96,25 @@ def _is_extra(value: Any) -> bool:
     entries = value if isinstance(value, list) else [value]
     return all(
         (isinstance(e, str) or (isinstance(e, dict) and isinstance(e.get("file"), str)
-                                and set(e) <= {"file", "weight"}
-                                and _is_number(e.get("weight", 1.0)) and e.get("weight", 1.0) >= 0))
+                                and set(e) <= {"file", "weight", "stage_two_weight"}
+                                and all(_is_number(w) and w >= 0 for w in
+                                        (e.get("weight", 1.0), e.get("stage_two_weight", 0.0)))))
         for e in entries)
 
 
 def _normalise_extra(value: Any) -> list[dict]:
-    entries = value if isinstance(value, list) else [value]
-    return [{"file": e, "weight": 1.0} if isinstance(e, str)
-            else {"file": e["file"], "weight": float(e.get("weight", 1.0))} for e in entries]
+    entries = [{"file": e} if isinstance(e, str) else e
+               for e in (value if isinstance(value, list) else [value])]
+    return [{"file": e["file"], "weight": float(e.get("weight", 1.0)),
+             "stage_two_weight": float(e.get("stage_two_weight", EXTRA_STAGE_TWO_WEIGHT))}
+            for e in entries]
 
 
-EXTRA = Check("a list of {file: PATH, weight: number >= 0} (or paths)", _is_extra, _normalise_extra)
+# An extra file's weight in stage two, unless its entry names one (see data.extra).
+EXTRA_STAGE_TWO_WEIGHT = 0.0
+EXTRA = Check("a list of {file: PATH, weight: number >= 0, stage_two_weight: number >= 0} "
+              "(or paths)", _is_extra, _normalise_extra)
+NAMES = Check("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 STAGE_START = Check("an epoch >= 1 or a budget fraction in (0, 1)",
                     lambda v: (_is_int(v) and v >= 1) or (_is_number(v) and 0 < v < 1))
 DEVICES = Check('a positive integer, a list of device indices or "auto"',
@@ -133,6 +140,19 @@ def section(cls: type, nullable: bool = False) -> Any:
 
 # -- data and model ---------------------------------------------------------------------------
 @dataclass
+class ReplayConfig:
+    """Frames of the pretraining data mixed into fine-tuning (mlip.training.replay); on
+    when ``file`` names any. Give ``count`` or ``fraction``."""
+
+    file: list = option([], FILES)
+    count: int | None = option(None, COUNT | NONE)
+    fraction: float | None = option(None, Check("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1) | NONE)
+    select: str = option("random", choice("random", "fps"))  # fps: farthest points of descriptors
+    weight: float = option(1.0, NON_NEGATIVE)  # loss weight per replayed structure
+    pseudolabels: bool = option(False, BOOL)  # label them with the starting model
+
+
+@dataclass
 class DataConfig:
     train: list | None = option(None, FILES | NONE)  # extxyz/ASE file(s) or .lmdb
     val: list | None = option(None, FILES | NONE)  # else a seeded split of train
@@ -140,7 +160,9 @@ class DataConfig:
     val_size: int | None = option(None, COUNT | NONE)  # absolute number (wins over fraction)
     max_train: int | None = option(None, COUNT | NONE)  # cap the training split
     test: list = option([], FILES)  # held-out files evaluated at the end of training
-    e0s: str = option("least_squares", TEXT)  # "least_squares" or an isolated-atoms file
+    # "least_squares", an isolated-atoms file, or with model.init_from "foundation" (the
+    # file's) or "refit" (the file's plus a least-squares fit of the new data's residuals)
+    e0s: str = option("least_squares", TEXT)
     cutoff: float = option(5.0, POSITIVE)
     batch_size: int = option(5, COUNT)
     max_atoms_per_batch: int | None = option(None, COUNT | NONE)  # replaces batch_size
@@ -153,6 +175,8 @@ class DataConfig:
     # Extra training frames, never in validation or the statistics, each file with its loss
     # weight: e.g. dissociation frames from `mlip data dissociation`.
     extra: list = option([], EXTRA)
+    # Fine-tuning (model.init_from): frames of the pretraining data replayed every epoch.
+    replay: ReplayConfig = section(ReplayConfig)
 
 
 @dataclass
@@ -185,6 +209,9 @@ class ModelConfig:
     # Train a per-element correction to that constant (forces and stress unaffected);
     # null: on for every baseline with a shift, off for none.
     learn_shift: bool | None = option(None, BOOL | NONE)
+    # Start from a trained model file: its architecture and weights (mlip.training.finetune);
+    # choose the energy reference with data.e0s (foundation, refit or an isolated-atoms file).
+    init_from: str | None = option(None, TEXT | NONE)
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -280,6 +307,8 @@ class TrainingConfig:
     symmetry: SymmetryConfig = section(SymmetryConfig)
     ema: EmaConfig = section(EmaConfig)
     trainer: TrainerConfig = section(TrainerConfig)
+    # backbone parameter groups kept fixed (fine-tuning): embedding, layers.0, readouts, ...
+    freeze: list = option([], NAMES)
 
 
 @dataclass

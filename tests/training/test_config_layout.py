@@ -19,7 +19,10 @@ SNAPSHOT = json.loads((Path(__file__).parent / "data" / "resolved_configs_v1.jso
 # nothing switches with an atom's first neighbour) and keys added since, with their defaults.
 CHANGED_DEFAULTS = {("model", "baseline"): ("per_element", "none"),
                     ("model", "learn_shift"): (True, None)}
-ADDED = {("data", "extra"): []}
+ADDED = {("data", "extra"): [], ("model", "init_from"): None,
+         ("data", "replay"): {"file": [], "count": None, "fraction": None, "select": "random",
+                              "weight": 1.0, "pseudolabels": False}}
+ADDED_TRAINING = {"freeze": []}
 
 
 def nested(flat: dict) -> dict:
@@ -39,7 +42,7 @@ def nested(flat: dict) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    out["training"] = training
+    out["training"] = {**training, **ADDED_TRAINING}
     return out
 
 

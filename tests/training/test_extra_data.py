@@ -13,7 +13,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlip.data import keys
 from mlip.training.config import load_config
 from mlip.training.datamodule import PotentialDataModule
-from mlip.training.metrics import weighted_loss
+from mlip.training.metrics import stage_weights, weighted_loss
 
 
 def _batch(weights=None):
@@ -57,8 +57,9 @@ def _extra_file(path, numbers=(1, 8), count=4):
 def test_extra_frames_train_only_and_leave_the_statistics(tiny_data, write_config):
     base_cfg = load_config(write_config(tiny_data))
     extra = _extra_file(tiny_data / "extra.xyz")
-    cfg = load_config(write_config(tiny_data), [f"data.extra=[{{file: {extra}, weight: 2.5}}]"])
-    assert cfg["data"]["extra"] == [{"file": str(extra), "weight": 2.5}]
+    cfg = load_config(write_config(tiny_data),
+                      [f"data.extra=[{{file: {extra}, weight: 2.5, stage_two_weight: 0.5}}]"])
+    assert cfg["data"]["extra"] == [{"file": str(extra), "weight": 2.5, "stage_two_weight": 0.5}]
     plain, with_extra = PotentialDataModule(base_cfg), PotentialDataModule(cfg)
     plain.prepare()
     with_extra.prepare()
@@ -68,20 +69,25 @@ def test_extra_frames_train_only_and_leave_the_statistics(tiny_data, write_confi
     assert with_extra.statistics == plain.statistics  # E0s, scale, neighbours, closest pairs
     assert with_extra.data_info()["shift"] == plain.data_info()["shift"]
     np.testing.assert_array_equal(with_extra.train_weights,
-                                  [1.0] * len(plain.train_set) + [2.5] * 4)
+                                  [[1.0, 1.0]] * len(plain.train_set) + [[2.5, 0.5]] * 4)
     seen = []
     for batch in with_extra.train_dataloader():
         assert keys.LOSS_WEIGHT in batch
-        seen += list(zip(batch[keys.NUM_ATOMS].tolist(), batch[keys.LOSS_WEIGHT].tolist(), strict=True))
-    assert sorted(w for n, w in seen if n == 2) == [2.5] * 4  # the dimers, weighted
-    assert all(w == 1.0 for n, w in seen if n != 2)
+        seen += list(zip(batch[keys.NUM_ATOMS].tolist(), batch[keys.LOSS_WEIGHT].tolist(),
+                         batch[keys.LOSS_WEIGHT_STAGE_TWO].tolist(), strict=True))
+        two = stage_weights(batch, stage_two=True)
+        assert torch.equal(two[keys.LOSS_WEIGHT], batch[keys.LOSS_WEIGHT_STAGE_TWO])
+        assert stage_weights(batch, stage_two=False) is batch
+    assert sorted((w, w2) for n, w, w2 in seen if n == 2) == [(2.5, 0.5)] * 4  # the dimers
+    assert all(w == w2 == 1.0 for n, w, w2 in seen if n != 2)
     assert all(keys.LOSS_WEIGHT not in b for b in plain.train_dataloader())
 
 
 def test_extra_frames_with_unknown_elements_are_refused(tiny_data, write_config):
     extra = _extra_file(tiny_data / "nitrogen.xyz", numbers=(1, 7))
     cfg = load_config(write_config(tiny_data), [f"data.extra=[{extra}]"])
-    assert cfg["data"]["extra"] == [{"file": str(extra), "weight": 1.0}]
+    # by default an extra file sits out stage two (whose x1000 energy weight is for the data)
+    assert cfg["data"]["extra"] == [{"file": str(extra), "weight": 1.0, "stage_two_weight": 0.0}]
     dm = PotentialDataModule(cfg)
     with pytest.raises(ValueError, match=r"nitrogen.xyz \(data.extra\): element\(s\) \['N'\] are not in "
                                          "the training data"):
@@ -91,3 +97,5 @@ def test_extra_frames_with_unknown_elements_are_refused(tiny_data, write_config)
 def test_extra_entries_are_checked(tiny_data, write_config):
     with pytest.raises(ValueError, match=r"data.extra: expected a list of \{file: PATH, weight"):
         load_config(write_config(tiny_data), ["data.extra=[{file: x.xyz, weight: -1}]"])
+    with pytest.raises(ValueError, match=r"data.extra: expected"):
+        load_config(write_config(tiny_data), ["data.extra=[{file: x.xyz, stage_two_weight: -1}]"])
