@@ -4,8 +4,10 @@ For each training-set size N (and seed), at the same wall-time budget per run:
 
 * ``naive``: ``configs/finetune.yaml`` from the pretrained model (lr 1e-3, EMA 0.999, clip 1);
 * ``replay``: the same plus ``data.replay`` (frames of the pretraining data, farthest points
-  of the model's descriptors, pseudolabelled by the pretrained model) at the published
-  replay settings (lr 1e-4, EMA 0.9999);
+  of the model's descriptors, pseudolabelled by the pretrained model, on their own readout
+  head ``--replay-head``, the MACE multi-head recipe) at the published replay settings
+  (lr 1e-4, EMA 0.9999); its new-level errors are the default head's, its hold-out errors
+  the replay head's;
 * ``scratch``: the scratch config (e.g. configs/acac_bench_gaunt.yaml) on the same N frames;
 
 and once ``scratch_all``: the scratch config on every training frame. Every run uses the
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replay", nargs="*", default=[], help="pretraining files to replay")
     p.add_argument("--replay-count", type=int, default=200)
     p.add_argument("--replay-weight", type=float, default=1.0)
+    p.add_argument("--replay-head", default="pretrain",
+                   help="the replayed frames' own head ('' for the data's head)")
     p.add_argument("--finetune-config", default="configs/finetune.yaml")
     p.add_argument("--scratch-config", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             f"model.init_from={args.pretrained}", "training.optim.lr=0.0001",
             "training.ema.decay=0.9999",
             f"data.replay={{file: [{', '.join(args.replay)}], count: {args.replay_count}, "
-            f"select: fps, pseudolabels: true, weight: {args.replay_weight}}}"]),
+            f"select: fps, pseudolabels: true, weight: {args.replay_weight}"
+            + (f", head: {args.replay_head}}}" if args.replay_head else "}")]),
         "scratch": (args.scratch_config, []),
     }
     if not args.replay:
@@ -117,12 +122,19 @@ def main(argv: list[str] | None = None) -> None:
         summary = run_train(cfg, common + extra + [f"run_name={name}"], out / f"{name}.log",
                             args.threads)
         model = summary["model"]
+        holdout_model = model
+        if summary.get("head_models"):  # multi-head: the data's head on the tests
+            from mlip.model.heads import export_head
+
+            holdout_model = str(export_head(model, args.replay_head,
+                                            Path(model).with_name(f"model_{args.replay_head}.pt")))
+            model = summary["head_models"]["default"]
         results["runs"][name] = {
             "epochs": summary["epochs"], "train_structures": summary["train_structures"],
             "seconds": time.time() - t, "model": model,
             "test": {Path(r["file"]).name: {k2: r.get(k2) for k2 in ("e_mae", "e_rmse", "f_mae", "f_rmse")}
                      for r in summary["test"]},
-            "holdout": score(model, args.holdout)}
+            "holdout": score(holdout_model, args.holdout)}
         (out / "finetune.json").write_text(json.dumps(results, indent=1))
     print("\n| run | epochs | " + " | ".join(f"{Path(f).name} E / F MAE" for f in args.test)
           + " | " + " | ".join(f"{Path(f).name} F MAE (hold-out)" for f in args.holdout) + " |")

@@ -95,6 +95,13 @@ class Backbone(nn.Module):
         """The declaration the Potential reads. Override when returning more."""
         return BackboneOutputs()
 
+    def head_parameters(self) -> list[str]:
+        """Parameters whose last dimension is the readout head (a backbone built with
+        ``num_heads`` > 1 returns NODE_ENERGIES (N, H)): one column per head, so a single-head
+        model is the column of one head (:func:`mlip.model.heads.select_head`). Empty for a
+        backbone without heads (the default)."""
+        return []
+
     @property
     def message_passing_hops(self) -> int:
         """How many cutoff spheres an atom's energy reaches: its energy depends on atoms up

@@ -199,9 +199,11 @@ class EquivariantBackbone(Backbone):
         tensor_product: class path of the TensorProduct implementation, or a short name
             (cg, gaunt-grid, gaunt-fourier, cp; see :func:`mlip.ops.tp.short_names`).
         tensor_product_args: extra keyword arguments for it.
+        num_heads: readout heads (one per level of theory; the last weight of every
+            readout has one column per head).
 
-    Input batch keys: SPECIES, EDGE_INDEX, EDGE_VECTORS. Output: NODE_ENERGIES (N,),
-    NODE_FEATURES (N, C) invariant last-layer features.
+    Input batch keys: SPECIES, EDGE_INDEX, EDGE_VECTORS. Output: NODE_ENERGIES (N,), or
+    (N, num_heads) with several heads, NODE_FEATURES (N, C) invariant last-layer features.
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class EquivariantBackbone(Backbone):
         avg_num_neighbors: float = 1.0,
         tensor_product: str = "mlip.ops.tp.cg.CGTensorProduct",
         tensor_product_args: dict | None = None,
+        num_heads: int = 1,
     ) -> None:
         super().__init__(num_elements, cutoff)
         if num_layers < 1 or correlation < 1:
@@ -228,6 +231,7 @@ class EquivariantBackbone(Backbone):
         tp_args = dict(tensor_product_args or {})
         self.channels = channels
         self.lmax_sh = lmax_sh
+        self.num_heads = int(num_heads)
         self.register_buffer("inv_avg_neighbors", torch.tensor(1.0 / avg_num_neighbors))
         self.embedding = nn.Parameter(torch.randn(num_elements, channels))
         self.radial_embedding = RadialEmbedding(cutoff, num_radial, polynomial_p)
@@ -243,7 +247,8 @@ class EquivariantBackbone(Backbone):
                     radial_hidden, correlation, tp_cls, tp_args,
                 )
             )
-            self.readouts.append(MLP((channels, readout_hidden, 1)) if last else MLP((channels, 1)))
+            heads = self.num_heads
+            self.readouts.append(MLP((channels, readout_hidden, heads)) if last else MLP((channels, heads)))
             lmax_in = lmax_out
         self.radial_table: RadialTable | None = None  # set by tabulate_radial (inference)
         # Ghost-atom exchange of a domain-decomposed MD engine (LAMMPS ML-IAP): maps the
@@ -276,6 +281,9 @@ class EquivariantBackbone(Backbone):
     def outputs(self) -> BackboneOutputs:
         return BackboneOutputs(node_features=self.channels)
 
+    def head_parameters(self) -> list[str]:
+        return [f"readouts.{t}.weights.{len(r.weights) - 1}" for t, r in enumerate(self.readouts)]
+
     @property
     def message_passing_hops(self) -> int:
         return len(self.layers)
@@ -307,14 +315,16 @@ class EquivariantBackbone(Backbone):
             sizes = [layer.channels * layer.message_tp.weight_numel for layer in self.layers]
             radial_outs = list(table.split(sizes, dim=-1))
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
-        energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+        shape = (species.shape[0],) if self.num_heads == 1 else (species.shape[0], self.num_heads)
+        energy = torch.zeros(shape, dtype=vectors.dtype, device=vectors.device)
         for t, (layer, readout, radial_out) in enumerate(zip(self.layers, self.readouts, radial_outs, strict=True)):
             if t > 0 and self.exchange is not None:  # the next layer reads the ghosts' features
                 h = self.exchange(h)
             nodes, edges = active[t] if active is not None else (None, None)
             h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors,
                       radial_out, nodes, edges)
-            layer_energy = readout(h[:, :, 0]).squeeze(-1)
+            layer_energy = readout(h[:, :, 0])
+            layer_energy = layer_energy.squeeze(-1) if self.num_heads == 1 else layer_energy
             energy = energy + layer_energy if nodes is None else energy.index_add(0, nodes, layer_energy)
         features = h[:, :, 0] if active is None else pad_rows(h[:, :, 0], nodes, species.shape[0])
         return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: features}

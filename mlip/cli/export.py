@@ -1,4 +1,5 @@
-"""`mlip export lammps MODEL.pt -o MODEL.pt2`: compile a model for another MD engine."""
+"""`mlip export lammps MODEL.pt -o MODEL.pt2`: compile a model for another MD engine;
+`mlip export head MODEL.pt --head NAME -o OUT.pt`: one head of a multi-head model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from mlip.cli.main import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="compile a model file for another MD engine (LAMMPS)")
+    p = sub.add_parser("export", help="compile a model file for another MD engine (LAMMPS), or "
+                       "write one head of a multi-head model")
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     lmp = targets.add_parser(
         "lammps", help="an AOTInductor package for pair_style mlip (compiled locally)")
@@ -23,6 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="threads the generated CPU loops are written for (default 1: serial "
                           "loops, fastest here even on 2 threads; 0: all)")
     lmp.set_defaults(func=run_lammps)
+    head = targets.add_parser(
+        "head", help="the single-head model file of one head of a multi-head model")
+    head.add_argument("model", help="multi-head model file (model.pt from mlip train)")
+    head.add_argument("--head", required=True, help="the head's name")
+    head.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
+    head.set_defaults(func=run_head)
+
+
+def run_head(args: argparse.Namespace) -> int:
+    from mlip.model.heads import export_head
+
+    try:
+        path = export_head(args.model, args.head, args.output)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    print(f"mlip export: wrote {path}: head {args.head} of {args.model}")
+    return 0
 
 
 def run_lammps(args: argparse.Namespace) -> int:

@@ -51,10 +51,11 @@ FORCES_MASK = "forces_mask"  # (B,) float | forces label present
 STRESS_MASK = "stress_mask"  # (B,) float | stress label present
 LOSS_WEIGHT = "loss_weight"  # (B,) float | weight of the structure in the training loss (absent: 1) [1]
 LOSS_WEIGHT_STAGE_TWO = "loss_weight_stage_two"  # (B,) float | its weight in stage two (absent: LOSS_WEIGHT) [1]
+HEAD = "head"  # (B,) int64 | readout head of a multi-head model for the structure (absent: 0)
 
 # --- model internals -----------------------------------------------------------------
 SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's element list
-NODE_ENERGIES = "node_energies"  # (N,) float | backbone per-atom energies before scale/shift
+NODE_ENERGIES = "node_energies"  # (N,) or (N, H) float | backbone per-atom energies before scale/shift (one column per head)
 DIRECT_FORCES = "direct_forces"  # (N, 3) float | backbone force head, not -dE/dr (unit: the model's scale)
 EQUIVARIANT_EMBEDDING = "equivariant_embedding"  # (N, C, (L+1)^2) float | learned-equivariant embedding (TransIP)
 
@@ -66,7 +67,7 @@ NODE_KEYS = frozenset({
 EDGE_KEYS = frozenset({EDGE_INDEX, CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS, EDGE_WEIGHTS})
 GRAPH_KEYS = frozenset({
     CELL, PBC, NUM_ATOMS, ENERGY, STRESS, VIRIAL, CHARGE, SPIN, ENERGY_MASK, FORCES_MASK,
-    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO,
+    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO, HEAD,
 })
 
 

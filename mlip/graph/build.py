@@ -193,16 +193,22 @@ class GraphDataset(torch.utils.data.Dataset):
             LOSS_WEIGHT (1,), or (len(structures), 2): the weights in stage one and in stage
             two (LOSS_WEIGHT and LOSS_WEIGHT_STAGE_TWO); None: no weight keys (the loss
             weighs all alike).
+        heads: (len(structures),) readout head of each structure (a multi-head model), given
+            to every graph as HEAD (1,); None: no HEAD key (the first head).
     """
 
     def __init__(self, structures: torch.utils.data.Dataset, cutoff: float,
-                 dtype: torch.dtype | None = None, weights: np.ndarray | None = None) -> None:
+                 dtype: torch.dtype | None = None, weights: np.ndarray | None = None,
+                 heads: np.ndarray | None = None) -> None:
         self.structures = structures
         self.cutoff = float(cutoff)
         self.dtype = dtype or torch.get_default_dtype()
         if weights is not None and len(weights) != len(structures):
             raise ValueError(f"{len(weights)} loss weights for {len(structures)} structures")
         self.weights = weights
+        if heads is not None and len(heads) != len(structures):
+            raise ValueError(f"{len(heads)} heads for {len(structures)} structures")
+        self.heads = heads
 
     def __len__(self) -> int:
         return len(self.structures)
@@ -214,4 +220,6 @@ class GraphDataset(torch.utils.data.Dataset):
             graph[keys.LOSS_WEIGHT] = torch.tensor(row[:1], dtype=self.dtype)
             if len(row) > 1:
                 graph[keys.LOSS_WEIGHT_STAGE_TWO] = torch.tensor(row[1:2], dtype=self.dtype)
+        if self.heads is not None:
+            graph[keys.HEAD] = torch.tensor([int(self.heads[index])], dtype=torch.long)
         return graph

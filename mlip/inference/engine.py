@@ -99,7 +99,13 @@ def inference_model(model: Potential | str | Path, device: torch.device,
     """
     if not isinstance(model, Potential):
         owned = load_model(model, device=device, dtype=dtype)
+        if owned.heads:
+            raise ValueError(f"{model} has the heads {owned.heads}: the engine takes one; write it "
+                             f"with `mlip export head {model} --head NAME -o OUT.pt`")
     else:
+        if model.heads:
+            raise ValueError(f"the model has the heads {model.heads}: the engine takes one "
+                             "(mlip.model.heads.select_head)")
         current = next(model.parameters())
         same = current.device == device and dtype in (None, current.dtype) and not model.training
         owned = model if same and not compile_backbone else copy.deepcopy(model).to(device=device, dtype=dtype)

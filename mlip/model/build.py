@@ -20,12 +20,19 @@ from mlip.model.potential import Potential
 
 
 def build_backbone(
-    backbone_config: dict[str, Any], num_elements: int, cutoff: float, avg_num_neighbors: float
+    backbone_config: dict[str, Any], num_elements: int, cutoff: float, avg_num_neighbors: float,
+    num_heads: int = 1,
 ) -> Backbone:
-    """Instantiate ``{class_path, init_args}`` with the data-derived arguments filled in."""
+    """Instantiate ``{class_path, init_args}`` with the data-derived arguments filled in
+    (and ``num_heads`` for a multi-head model)."""
     cls = import_class(backbone_config["class_path"], base=Backbone, what="model.backbone")
     args = dict(backbone_config.get("init_args") or {})
     accepted = inspect.signature(cls.__init__).parameters
+    if num_heads > 1:
+        if "num_heads" not in accepted:
+            raise ValueError(f"{backbone_config['class_path']} has one readout: several heads "
+                             "need a backbone that takes num_heads (e.g. EquivariantBackbone)")
+        args["num_heads"] = num_heads
     injected = {
         "num_elements": num_elements,
         "cutoff": cutoff,
@@ -49,7 +56,8 @@ class ModelStatistics:
 
     Attributes:
         atomic_numbers: the elements, in species order.
-        e0s: isolated-atom energies [eV], one per element.
+        e0s: isolated-atom energies [eV], one per element (a multi-head model: one such row
+            per head).
         scale: energy scale [eV] (force RMS).
         shift: per-atom interaction energy [eV], one number or one per element.
         cutoff: radial cutoff [Å].
@@ -60,7 +68,7 @@ class ModelStatistics:
     """
 
     atomic_numbers: tuple[int, ...]
-    e0s: tuple[float, ...]
+    e0s: tuple[float, ...] | tuple[tuple[float, ...], ...]
     scale: float
     shift: float | tuple[float, ...]
     cutoff: float
@@ -73,7 +81,8 @@ class ModelStatistics:
         shift = info["shift"]
         return cls(
             atomic_numbers=tuple(int(z) for z in info["atomic_numbers"]),
-            e0s=tuple(float(e) for e in info["e0s"]),
+            e0s=tuple(tuple(float(e) for e in row) if isinstance(row, list | tuple) else float(row)
+                      for row in info["e0s"]),
             scale=float(info["scale"]),
             shift=tuple(float(x) for x in shift) if isinstance(shift, list | tuple) else float(shift),
             cutoff=float(info["cutoff"]),
@@ -90,7 +99,8 @@ def build_model(model_config: dict[str, Any], statistics: ModelStatistics, prepa
     it and they are given) and casts to ``model_config["dtype"]`` (float32 when absent).
 
     Args:
-        model_config: the ``model`` section (backbone, dtype, repulsion, baseline, learn_shift).
+        model_config: the ``model`` section (backbone, dtype, repulsion, baseline, learn_shift,
+            and ``heads``: names of the readout heads of a multi-head model, or absent).
         statistics: the fitted statistics.
         prepare: run :meth:`Potential.prepare`, the explicit step that fills fitted
             tensor-product constants (a new model); a saved model's state dict carries them.
@@ -99,10 +109,12 @@ def build_model(model_config: dict[str, Any], statistics: ModelStatistics, prepa
     # files always record both; a config may leave learn_shift to the baseline (null)
     baseline = model_config.get("baseline", "none")
     learn_shift = model_config.get("learn_shift", False)
+    heads = model_config.get("heads")
     backbone = build_backbone(model_config["backbone"], len(s.atomic_numbers), s.cutoff,
-                              s.avg_num_neighbors)
+                              s.avg_num_neighbors, num_heads=len(heads) if heads else 1)
+    e0s = [list(row) for row in s.e0s] if heads else list(s.e0s)
     potential = Potential(
-        backbone, list(s.atomic_numbers), list(s.e0s), scale=s.scale,
+        backbone, list(s.atomic_numbers), e0s, scale=s.scale, heads=heads,
         shift=list(s.shift) if isinstance(s.shift, tuple) else s.shift, cutoff=s.cutoff,
         avg_num_neighbors=s.avg_num_neighbors, repulsion=model_config.get("repulsion"),
         baseline=baseline,

@@ -70,7 +70,7 @@ def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_n
         "format_version": FORMAT_VERSION,
         "mlip_version": __version__,
         # what the potential is, whatever the caller's config says
-        "model_config": {**model_config, "baseline": potential.baseline,
+        "model_config": {**model_config, "baseline": potential.baseline, "heads": potential.heads,
                          "learn_shift": potential.learn_shift,
                          "repulsion": None if potential.repulsion is None else potential.repulsion.settings()},
         "atomic_numbers": list(potential.atomic_numbers),

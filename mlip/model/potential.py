@@ -78,6 +78,11 @@ class Potential(nn.Module):
         avg_num_neighbors: average neighbour count of the training data.
         repulsion: keyword arguments of a :class:`~mlip.model.repulsion.ZBLRepulsion` added
             to the per-atom energies (``{}`` for its defaults), or None for none.
+        heads: names of the readout heads of a multi-head model (one per level of theory,
+            on one backbone built with ``num_heads``), or None for one head. Each head has
+            its own E0s (``e0s`` then one row per head) and lone-atom reference; a batch
+            picks each structure's head with HEAD (B,) (absent: the first). Every adapter
+            takes single-head files: :func:`mlip.model.heads.select_head` makes one.
     """
 
     def __init__(
@@ -92,10 +97,21 @@ class Potential(nn.Module):
         repulsion: dict | None = None,
         baseline: str = "none",
         learn_shift: bool = False,
+        heads: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if len(atomic_numbers) != len(e0s):
+        self.heads = list(heads) if heads else None
+        e0_table = torch.tensor(e0s, dtype=torch.float64)
+        if e0_table.shape[-1] != len(atomic_numbers):
             raise ValueError("atomic_numbers and e0s must have the same length")
+        if self.heads is not None:
+            if len(set(self.heads)) != len(self.heads) or e0_table.shape != (len(self.heads), len(atomic_numbers)):
+                raise ValueError(f"heads {self.heads}: distinct names and one row of E0s per head")
+            if getattr(backbone, "num_heads", 1) != len(self.heads):
+                raise ValueError(f"the backbone has {getattr(backbone, 'num_heads', 1)} readout "
+                                 f"head(s), not {len(self.heads)}")
+        elif e0_table.dim() != 1:
+            raise ValueError("one row of E0s for a single-head model")
         if not isinstance(backbone, Backbone):
             raise TypeError(f"{type(backbone).__name__} is not an mlip.backbones.base.Backbone")
         self.backbone = backbone
@@ -106,7 +122,7 @@ class Potential(nn.Module):
             len(self.atomic_numbers)
         )
         self.register_buffer("z_to_species", z_to_species)
-        register_exact(self, "e0s", torch.tensor(e0s, dtype=torch.float64), persistent=True)
+        register_exact(self, "e0s", e0_table, persistent=True)
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         self.baseline = baseline
@@ -134,8 +150,16 @@ class Potential(nn.Module):
 
     @property
     def e0s(self) -> torch.Tensor:
-        """(S,) float64 isolated-atom energies [eV], in species order."""
+        """(S,) float64 isolated-atom energies [eV], in species order ((H, S) with heads)."""
         return exact(self, "e0s")
+
+    def head_index(self, name: str) -> int:
+        """The index of head ``name``; a ValueError listing the heads if there is none."""
+        heads = self.heads or []
+        if name not in heads:
+            raise ValueError(f"no head {name!r}: this model has "
+                             + (f"the heads {heads}" if heads else "a single head"))
+        return heads.index(name)
 
     @property
     def shift(self) -> torch.Tensor:
@@ -200,7 +224,8 @@ class Potential(nn.Module):
 
     # -- lone-atom reference ------------------------------------------------------------------
     def reference_energies(self) -> torch.Tensor:
-        """(S,) backbone output b_iso for a lone atom of each element (no edges).
+        """(S,) backbone output b_iso for a lone atom of each element (no edges); (S, H)
+        with several heads.
 
         It depends only on the weights: in training mode it is recomputed with the graph
         (the weights change every step and the loss needs its gradient); otherwise it is
@@ -298,11 +323,18 @@ class Potential(nn.Module):
             inputs[keys.EDGE_WEIGHTS] = self.repulsion.learned_weights(lengths, species, edge_index)
         out = self.backbone(inputs) if active is None else self.backbone(inputs, active)
         num_atoms = species.shape[0]
-        interaction = out[keys.NODE_ENERGIES] - self.reference_energies()[species]
-        atomic = self.scale * interaction
+        node, reference = out[keys.NODE_ENERGIES], self.reference_energies()[species]
+        if self.heads is not None:  # each atom's column: its structure's head
+            head = data[keys.HEAD][data[keys.BATCH]] if keys.HEAD in data else torch.zeros_like(species)
+            node = node.gather(1, head.unsqueeze(1)).squeeze(1)
+            reference = reference.gather(1, head.unsqueeze(1)).squeeze(1)
+            e0 = self.e0s[head, species]
+        else:
+            e0 = self.e0s[species]
+        atomic = self.scale * (node - reference)
         if self.repulsion is not None:
             atomic = atomic + self.repulsion(lengths, species, edge_index, num_atoms)
-        atomic = atomic.double() + self.e0s[species]
+        atomic = atomic.double() + e0
         if self.baseline in ("per_element", "coordination"):
             coordination = scatter_sum(self.envelope(lengths), edge_index[1], num_atoms)
             atomic = atomic + self.baseline_energies(coordination, species)

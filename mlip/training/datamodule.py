@@ -87,7 +87,8 @@ class PotentialDataModule(L.LightningDataModule):
         so they move neither E0s, scale, neighbour counts nor the ZBL core's reference
         distances), each file's frames with its loss weights in stage one and stage two."""
         self._own = (train_sets, train_idx)
-        self._extras: list[tuple[LmdbDataset, float, float]] = []
+        self._extras: list[tuple[LmdbDataset, float, float, int]] = []
+        self.train_heads: np.ndarray | None = None
         self.extra_count = 0
         self.train_weights = None
         entries = self.cfg.get("extra") or []
@@ -100,9 +101,10 @@ class PotentialDataModule(L.LightningDataModule):
                             known=set(self.statistics.e0s), what="data.extra")
 
     def add_frames(self, dataset: LmdbDataset, weight: float, stage_two_weight: float,
-                   name: str, known: set[int], what: str) -> None:
+                   name: str, known: set[int], what: str, head: int | None = None) -> None:
         """Append ``dataset``'s frames to the training split with these loss weights (extra
-        or replayed frames: never in validation or the statistics).
+        or replayed frames: never in validation or the statistics); with ``head``, on that
+        readout head of a multi-head model (the data's frames on head 0).
 
         Raises:
             ValueError: elements outside ``known``, naming the file (``name``) and ``what``.
@@ -114,15 +116,19 @@ class PotentialDataModule(L.LightningDataModule):
             names = sorted(chemical_symbols[z] for z in unknown)
             raise ValueError(f"{name} ({what}): element(s) {names} are not in "
                              "the training data; the model cannot learn them from extra frames")
-        self._extras.append((dataset, weight, stage_two_weight))
+        self._extras.append((dataset, weight, stage_two_weight, head))
         train_sets, train_idx = self._own
-        base = ConcatDataset(list(train_sets) + [ds for ds, _, _ in self._extras])
+        base = ConcatDataset(list(train_sets) + [ds for ds, *_ in self._extras])
         first = sum(len(ds) for ds in train_sets)
         extra_idx = np.arange(first, len(base))
         self.train_set = Subset(base, np.concatenate([train_idx, extra_idx]).tolist())
         self.train_weights = np.concatenate(
             [np.ones((len(train_idx), 2))]
-            + [np.tile([w, w2], (len(ds), 1)) for ds, w, w2 in self._extras])
+            + [np.tile([w, w2], (len(ds), 1)) for ds, w, w2, _ in self._extras])
+        if any(h is not None for *_, h in self._extras):
+            self.train_heads = np.concatenate(
+                [np.zeros(len(train_idx), dtype=np.int64)]
+                + [np.full(len(ds), h or 0, dtype=np.int64) for ds, _, _, h in self._extras])
         self.extra_count = len(extra_idx)
 
     def _check_elements(self, train_sets: list[LmdbDataset], val_idx: np.ndarray | None) -> None:
@@ -227,10 +233,10 @@ class PotentialDataModule(L.LightningDataModule):
             seed=self.config["seed"], rank=rank, world_size=world_size)
 
     def _loader(self, dataset, sampler: StructureBatchSampler,
-                weights: np.ndarray | None = None) -> DataLoader:
+                weights: np.ndarray | None = None, heads: np.ndarray | None = None) -> DataLoader:
         workers = int(self.cfg["num_workers"])
         return DataLoader(
-            GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype, weights=weights),
+            GraphDataset(dataset, self.cfg["cutoff"], dtype=self.dtype, weights=weights, heads=heads),
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=workers,
@@ -238,7 +244,8 @@ class PotentialDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.train_sampler(*self._ranks()), self.train_weights)
+        return self._loader(self.train_set, self.train_sampler(*self._ranks()), self.train_weights,
+                            self.train_heads)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._ranks()

@@ -35,6 +35,7 @@ from mlip.data import keys
 from mlip.model.potential import Potential
 
 E0_CHOICES = ("foundation", "refit")
+DEFAULT_HEAD = "default"  # the head of the training data in a multi-head model
 # model-file fields a fine-tuned run inherits; model.dtype may be chosen anew
 INHERITED = ("backbone", "baseline", "learn_shift", "repulsion")
 
@@ -74,6 +75,9 @@ def inherit_model(user: dict[str, Any], config_dir: Path | None = None) -> None:
         return
     payload = read_model_file(source)
     stored = payload["model_config"]
+    if stored.get("heads"):
+        raise ValueError(f"{source} (model.init_from) has the heads {stored['heads']}: start "
+                         "from one of them (mlip export head MODEL --head NAME -o OUT.pt)")
     stored = {**stored, "learn_shift": bool(stored.get("learn_shift", False))}
     for key in INHERITED:
         if key not in model:
@@ -103,6 +107,11 @@ def check_replay(config: dict[str, Any]) -> None:
     """``data.replay`` of a resolved config: only with model.init_from, with exactly one of
     count and fraction (one line naming the key otherwise)."""
     replay = config["data"]["replay"]
+    heads = [DEFAULT_HEAD, replay["head"]] if replay["file"] and replay["head"] else None
+    if config["model"].get("heads") not in (None, heads):
+        raise ValueError(f"model.heads: {config['model']['heads']} but the heads come from "
+                         f"data.replay.head ({heads}); leave model.heads out")
+    config["model"]["heads"] = heads
     if not replay["file"]:
         return
     if not config["model"].get("init_from"):
@@ -110,14 +119,18 @@ def check_replay(config: dict[str, Any]) -> None:
                          "--init-from)")
     if (replay["count"] is None) == (replay["fraction"] is None):
         raise ValueError("data.replay: give exactly one of count and fraction")
+    if replay["head"] == DEFAULT_HEAD:
+        raise ValueError(f"data.replay.head: {DEFAULT_HEAD!r} is the training data's head; "
+                         "name the pretraining level's head otherwise (e.g. pretrain)")
 
 
 def initial_info(payload: dict[str, Any], data_info: dict[str, Any], e0_spec: str,
-                 source: str) -> dict[str, Any]:
+                 source: str, heads: list[str] | None = None) -> dict[str, Any]:
     """The statistics a fine-tuned model is built with: the file's elements (in its order)
     then the data's new ones; the file's scale, shift, cutoff and neighbour count; E0s per
     ``e0_spec`` (``refit`` starts from the file's, :func:`refit_e0s` fits them once the
-    weights are in).
+    weights are in). With ``heads`` (a replay head) the E0s have two rows: the data's, and
+    the file's for the replayed pretraining level (the data's for a new element).
 
     Raises:
         ValueError: ``foundation`` E0s with a new element, or an isolated-atoms file that
@@ -150,7 +163,10 @@ def initial_info(payload: dict[str, Any], data_info: dict[str, Any], e0_spec: st
     shift = payload["shift"]
     shift = list(shift) if isinstance(shift, list | tuple) else [float(shift)] * len(old)
     data_shift = dict(zip(data_info["atomic_numbers"], data_info["shift"], strict=True))
-    return {**data_info, "atomic_numbers": zs, "e0s": [float(e) for e in e0s],
+    e0s = [float(e) for e in e0s]
+    if heads:
+        e0s = [e0s, [float(file_e0.get(z, e)) for z, e in zip(zs, e0s, strict=True)]]
+    return {**data_info, "atomic_numbers": zs, "e0s": e0s,
             "scale": float(payload["scale"]),
             "shift": [float(x) for x in shift] + [float(data_shift[z]) for z in new],
             "cutoff": float(payload["cutoff"]),
@@ -183,6 +199,7 @@ def load_weights(potential: Potential, state: dict[str, torch.Tensor]) -> dict[s
                          f"{missing[:5]}, unexpected {extra[:5]}")
     n_old = int((state["z_to_species"] >= 0).sum())
     n_new = len(potential.atomic_numbers)
+    head_params = {f"backbone.{n}" for n in potential.backbone.head_parameters()}
     counts = {"copied": 0, "extended": 0}
     with torch.no_grad():
         for name, target in own.items():
@@ -191,6 +208,10 @@ def load_weights(potential: Potential, state: dict[str, torch.Tensor]) -> dict[s
             source = state[name].to(target.dtype)
             if source.shape == target.shape:
                 target.copy_(source)
+                counts["copied"] += 1
+                continue
+            if name in head_params and source.shape[:-1] == target.shape[:-1] and source.shape[-1] == 1:
+                target.copy_(source.expand_as(target))  # every head starts as the file's readout
                 counts["copied"] += 1
                 continue
             grown = [d for d, (a, b) in enumerate(zip(source.shape, target.shape, strict=False))
@@ -212,7 +233,7 @@ def refit_e0s(potential: Potential, loader: DataLoader) -> tuple[np.ndarray, flo
     not separate elements); the model's E0s are set to E0 + dE0.
 
     Returns:
-        (new E0s (S,) [eV], per-atom energy MAE before and after [eV/atom]).
+        (new E0s (S,) [eV] of the data's head, per-atom energy MAE before and after [eV/atom]).
     """
     from mlip.graph.build import as_batch_dict
 
@@ -237,12 +258,14 @@ def refit_e0s(potential: Potential, loader: DataLoader) -> tuple[np.ndarray, flo
     delta = np.linalg.lstsq(a, r, rcond=None)[0]
     before = float(np.mean(np.abs(r) / n))
     after = float(np.mean(np.abs(r - a @ delta) / n))
-    e0s = potential.e0s.cpu().numpy() + delta
+    table = potential.e0s.cpu().numpy().copy()
+    row = table[0] if potential.heads else table  # the data's head (a replay head keeps its own)
+    row += delta
     from mlip.ops.buffers import register_exact
 
-    register_exact(potential, "e0s", torch.tensor(e0s, dtype=torch.float64, device=param.device),
+    register_exact(potential, "e0s", torch.tensor(table, dtype=torch.float64, device=param.device),
                    persistent=True)
-    return e0s, before, after
+    return row.copy(), before, after
 
 
 def parameter_groups(potential: Potential) -> list[str]:
@@ -329,7 +352,7 @@ def start_from(module: Any, dm: Any, payload: dict[str, Any]) -> dict[str, Any]:
     if dm.cfg["e0s"] == "refit":
         e0s, before, after = refit_e0s(module.model, _data_loader(dm))
         report.update(refit_mae_before=before, refit_mae_after=after)
-        module.data_info["e0s"] = [float(e) for e in e0s]
+        module.data_info["e0s"] = module.model.e0s.tolist()
     report["e0s"] = module.model.e0s.tolist()
     module.reset_ema()
     report["val"] = errors(module.model, dm.val_dataloader())

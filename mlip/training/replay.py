@@ -51,9 +51,10 @@ def farthest_points(x: np.ndarray, count: int, first: int = 0) -> np.ndarray:
 
 @torch.no_grad()
 def descriptors_and_predictions(potential: Potential, dataset: Any, batch_size: int,
-                                pseudolabels: bool) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
+                                pseudolabels: bool, head: int | None = None,
+                                ) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
     """Each structure's mean invariant node features (M, F) and, with ``pseudolabels``, the
-    model's (energy [eV], forces (n, 3) [eV/Å])."""
+    model's (energy [eV], forces (n, 3) [eV/Å]), on readout ``head`` of a multi-head model."""
     from mlip.graph.build import GraphDataset, as_batch_dict, collate
     from mlip.ops.scatter import scatter_sum
 
@@ -68,6 +69,8 @@ def descriptors_and_predictions(potential: Potential, dataset: Any, batch_size: 
     potential.eval()
     for batch in loader:
         data = {k: v.to(param.device) for k, v in as_batch_dict(batch).items()}
+        if head is not None:
+            data[keys.HEAD] = torch.full_like(data[keys.NUM_ATOMS], head)
         with torch.enable_grad():
             out = potential(data, compute_forces=pseudolabels)
         n = data[keys.NUM_ATOMS]
@@ -104,7 +107,7 @@ def replay_count(settings: dict[str, Any], total: int) -> int:
 
 def build_replay(settings: dict[str, Any], potential: Potential, key_mapping: dict[str, Any],
                  out: Path, seed: int, batch_size: int,
-                 e0_shift: dict[int, float] | None = None) -> dict[str, Any]:
+                 e0_shift: dict[int, float] | None = None, head: int | None = None) -> dict[str, Any]:
     """Choose the replay frames and write them to ``out`` (an LMDB, atomically).
 
     Args:
@@ -113,6 +116,8 @@ def build_replay(settings: dict[str, Any], potential: Potential, key_mapping: di
         e0_shift: Z -> change of the model's E0 from the file's (``data.e0s: refit``), added
             to the original energy labels so they sit on the run's energy reference
             (pseudolabels already do).
+        head: the readout head the frames train (a multi-head model): pseudolabels are its
+            predictions, and the original labels keep their own energy reference.
 
     Returns:
         {'file': str(out), 'frames': chosen count, 'of': frames in the replay files,
@@ -150,7 +155,7 @@ def build_replay(settings: dict[str, Any], potential: Potential, key_mapping: di
     subset = Subset(full, chosen.tolist())
     predicted: list[tuple[float, np.ndarray]] = []
     if settings["pseudolabels"]:
-        _, predicted = descriptors_and_predictions(potential, subset, batch_size, True)
+        _, predicted = descriptors_and_predictions(potential, subset, batch_size, True, head)
     with LmdbWriter(out, overwrite=True, sources=[str(f) for f in files]) as writer:
         for k in range(len(subset)):
             s = subset[k]

@@ -158,17 +158,21 @@ def _replay(config: dict[str, Any], module: PotentialModule, dm: PotentialDataMo
 
     settings = config["data"]["replay"]
     out = run_dir / "replay.lmdb"
+    head = module.model.head_index(settings["head"]) if settings["head"] else None
     if not (resume and out.exists()):
-        shift = {int(z): float(new - old) for z, new, old in
-                 zip(payload["atomic_numbers"], module.model.e0s.tolist(), payload["e0s"], strict=False)}
+        shift = None
+        if head is None:  # one head: the original labels move onto the run's E0s
+            shift = {int(z): float(new - old) for z, new, old in zip(
+                payload["atomic_numbers"], module.model.e0s.tolist(), payload["e0s"], strict=False)}
         build_replay(settings, module.model, key_mapping(config["data"]), out, config["seed"],
-                     config["data"]["val_batch_size"], e0_shift=shift)
+                     config["data"]["val_batch_size"], e0_shift=shift, head=head)
     dataset = open_dataset(str(out))
     dm.add_frames(dataset, settings["weight"], settings["weight"], str(out),
-                  known=set(module.model.atomic_numbers), what="data.replay")
+                  known=set(module.model.atomic_numbers), what="data.replay", head=head)
     labels = "pseudolabels of the starting model" if settings["pseudolabels"] else "their labels"
+    where = f", on head {settings['head']}" if head is not None else ""
     return (f"{len(dataset)} frames of {', '.join(settings['file'])} ({settings['select']}, "
-            f"{labels}, weight {settings['weight']:g})")
+            f"{labels}, weight {settings['weight']:g}{where})")
 
 
 def _train(config: dict[str, Any] | str | Path, resume: bool,
@@ -205,7 +209,7 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     source = config["model"].get("init_from")
     if source:  # fine-tuning: the file's elements, normalisations and E0 choice
         payload = read_model_file(source)
-        info = initial_info(payload, info, config["data"]["e0s"], source)
+        info = initial_info(payload, info, config["data"]["e0s"], source, config["model"].get("heads"))
     module = PotentialModule(config, info)
     n_params = sum(p.numel() for p in module.model.parameters())
     start = start_from(module, dm, payload) if source and not resume else None
@@ -257,6 +261,15 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     best = checkpoint.best_model_path or (str(last) if last.exists() else None)
     model_path = export_model(module, best, run_dir / "model.pt")
     summary["model"] = str(model_path)
+    heads = config["model"].get("heads")
+    if heads:  # adapters take one head: the data's, beside the multi-head file
+        from mlip.model.heads import export_head
+
+        model_path = export_head(model_path, heads[0], run_dir / f"model_{heads[0]}.pt")
+        summary["head_models"] = {heads[0]: str(model_path)}
+        print(f"mlip train: heads {', '.join(heads)} in {summary['model']}; {model_path} is the "
+              f"{heads[0]} head for every adapter (another: mlip export head {summary['model']} "
+              f"--head NAME -o OUT.pt)")
     summary["best_checkpoint"] = best
     results = []
     if config["data"]["test"]:

@@ -150,6 +150,9 @@ class ReplayConfig:
     select: str = option("random", choice("random", "fps"))  # fps: farthest points of descriptors
     weight: float = option(1.0, NON_NEGATIVE)  # loss weight per replayed structure
     pseudolabels: bool = option(False, BOOL)  # label them with the starting model
+    # their own readout head and E0s (the pretraining level), beside the data's "default"
+    # head: a multi-head model (mlip export head picks one); null: the data's head
+    head: str | None = option(None, TEXT | NONE)
 
 
 @dataclass
@@ -212,6 +215,8 @@ class ModelConfig:
     # Start from a trained model file: its architecture and weights (mlip.training.finetune);
     # choose the energy reference with data.e0s (foundation, refit or an isolated-atoms file).
     init_from: str | None = option(None, TEXT | NONE)
+    # readout heads: set from data.replay.head (["default", that head]), not by hand
+    heads: list | None = option(None, NAMES | NONE)
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ SNAPSHOT = json.loads((Path(__file__).parent / "data" / "resolved_configs_v1.jso
 # nothing switches with an atom's first neighbour) and keys added since, with their defaults.
 CHANGED_DEFAULTS = {("model", "baseline"): ("per_element", "none"),
                     ("model", "learn_shift"): (True, None)}
-ADDED = {("data", "extra"): [], ("model", "init_from"): None,
+ADDED = {("data", "extra"): [], ("model", "init_from"): None, ("model", "heads"): None,
          ("data", "replay"): {"file": [], "count": None, "fraction": None, "select": "random",
-                              "weight": 1.0, "pseudolabels": False}}
+                              "weight": 1.0, "pseudolabels": False, "head": None}}
 ADDED_TRAINING = {"freeze": []}
 
 

@@ -316,3 +316,36 @@ def test_replay_keeps_the_old_data_while_the_new_is_learned(tiny_data, write_con
     assert _force_mae(pretrained, old_frames) < 1e-6  # the old labels are its own predictions
     assert errors["naive"][1] < start_new and errors["replay"][1] < start_new  # both learn
     assert errors["replay"][0] < 0.5 * errors["naive"][0], errors  # replay forgets far less
+
+
+def test_replay_on_its_own_head(tiny_data, write_config, pretrained, capsys):
+    """Replayed frames keep their level on their own head: the data's head learns the new
+    level, the pretraining head keeps the old, and each exports to a single-head file."""
+    from mlip.model.heads import export_head
+
+    frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":20")
+    old = _relabelled(pretrained, frames, tiny_data / "old_level.xyz", {})
+    new = _relabelled(pretrained, frames[:8], tiny_data / "new_level.xyz", {1: 0.2, 6: -0.1},
+                      force_factor=0.7)
+    cfg = load_config(write_config(tiny_data, max_epochs=6, stage_two_start=None), [
+        f"model.init_from={pretrained}", f"data.train={new}", "data.val_size=2", "data.e0s=refit",
+        "data.test=[]", "run_name=heads", f"data.replay.file={old}", "data.replay.count=12",
+        "data.replay.head=pretrain", "data.replay.weight=3.0"])
+    assert cfg["model"]["heads"] == ["default", "pretrain"]
+    summary = train(cfg)
+    out = capsys.readouterr().out
+    assert "on head pretrain" in out and "model_default.pt is the default head" in out
+    multi = load_model(summary["model"])
+    assert multi.heads == ["default", "pretrain"]
+    # the pretraining head keeps the file's E0s; the data's head has the refit ones
+    assert multi.e0s[1].tolist() == read_model_file(pretrained)["e0s"]
+    assert multi.e0s[0].tolist() != multi.e0s[1].tolist()
+    default = Path(summary["head_models"]["default"])
+    pre = export_head(summary["model"], "pretrain", tiny_data / "pretrain_head.pt")
+    old_frames, new_frames = ase.io.read(old, ":"), ase.io.read(new, ":")
+    assert _force_mae(default, new_frames) < _force_mae(pretrained, new_frames)
+    assert _force_mae(pre, old_frames) < _force_mae(default, old_frames)  # heads differ
+    # a multi-head file is not a starting point; one of its heads is
+    with pytest.raises(ValueError, match=r"has the heads \['default', 'pretrain'\]: start from one"):
+        load_config(write_config(tiny_data), [f"model.init_from={summary['model']}"])
+    load_config(write_config(tiny_data), [f"model.init_from={pre}", "data.e0s=foundation"])
