@@ -198,48 +198,54 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
             f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
             "replace it, or choose another run_name (e.g. run_name=NAME)"
         )
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero:
-        with open(run_dir / "config.yaml", "w") as fh:
-            yaml.safe_dump(config, fh, sort_keys=False)
-    t0 = time.time()
-    dm = PotentialDataModule(config)
-    dm.prepare()
-    info = dm.data_info()
-    source = config["model"].get("init_from")
-    if source:  # fine-tuning: the file's elements, normalisations and E0 choice
-        payload = read_model_file(source)
-        info = initial_info(payload, info, config["data"]["e0s"], source, config["model"].get("heads"))
-    module = PotentialModule(config, info)
-    n_params = sum(p.numel() for p in module.model.parameters())
-    start = start_from(module, dm, payload) if source and not resume else None
-    if rank_zero:
-        s = info["statistics"]
-        print(
-            f"mlip train: {len(dm.train_set) - dm.extra_count} train"
-            f"{f' + {dm.extra_count} extra' if dm.extra_count else ''} / {len(dm.val_set)} val structures, "
-            f"elements {info['atomic_numbers']}, E0s ({config['data']['e0s'] if source else s['e0_method']}), "
-            f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
-            + ("no shift (baseline none), " if config["model"]["baseline"] == "none" else
-               f"shift ({config['model']['baseline']}) "
-               f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))} eV, ")
-            + f"{n_params:,} parameters"
-        )
-    if start is not None and rank_zero:
-        val = start["val"]
-        refit = (f"; E0s refit: per-atom energy MAE {1000 * start['refit_mae_before']:.1f} -> "
-                 f"{1000 * start['refit_mae_after']:.1f} meV/atom" if "refit_mae_before" in start else "")
-        new = info["init_from"]["new_elements"]
-        grown = f", {start['tensors']['extended']} grown for new elements {new}" if new else ""
-        frozen = f", {len(module.frozen)} parameters frozen" if module.frozen else ""
-        print(f"mlip train: from {source}: {start['tensors']['copied']} tensors copied"
-              f"{grown}{frozen}{refit}")
-        print(f"epoch 0 (before training): val F MAE {val.get('f_mae', float('nan')):.2f} meV/Å, "
-              f"val E MAE {val.get('e_mae', float('nan')):.2f} meV", flush=True)
-    if source and config["data"]["replay"]["file"]:
-        replayed = _replay(config, module, dm, payload, run_dir, resume)
+    try:  # bad input found while setting up leaves no new run folder behind
         if rank_zero:
-            print(f"mlip train: replaying {replayed}", flush=True)
+            with open(run_dir / "config.yaml", "w") as fh:
+                yaml.safe_dump(config, fh, sort_keys=False)
+        t0 = time.time()
+        dm = PotentialDataModule(config)
+        dm.prepare()
+        info = dm.data_info()
+        source = config["model"].get("init_from")
+        if source:  # fine-tuning: the file's elements, normalisations and E0 choice
+            payload = read_model_file(source)
+            info = initial_info(payload, info, config["data"]["e0s"], source, config["model"].get("heads"))
+        module = PotentialModule(config, info)
+        n_params = sum(p.numel() for p in module.model.parameters())
+        start = start_from(module, dm, payload) if source and not resume else None
+        if rank_zero:
+            s = info["statistics"]
+            print(
+                f"mlip train: {len(dm.train_set) - dm.extra_count} train"
+                f"{f' + {dm.extra_count} extra' if dm.extra_count else ''} / {len(dm.val_set)} val structures, "
+                f"elements {info['atomic_numbers']}, E0s ({config['data']['e0s'] if source else s['e0_method']}), "
+                f"avg neighbours {info['avg_num_neighbors']:.2f}, scale {info['scale']:.4f} eV, "
+                + ("no shift (baseline none), " if config["model"]["baseline"] == "none" else
+                   f"shift ({config['model']['baseline']}) "
+                   f"{', '.join(f'{z}: {e:.4f}' for z, e in zip(info['atomic_numbers'], info['shift'], strict=True))} eV, ")
+                + f"{n_params:,} parameters"
+            )
+        if start is not None and rank_zero:
+            val = start["val"]
+            refit = (f"; E0s refit: per-atom energy MAE {1000 * start['refit_mae_before']:.1f} -> "
+                     f"{1000 * start['refit_mae_after']:.1f} meV/atom" if "refit_mae_before" in start else "")
+            new = info["init_from"]["new_elements"]
+            grown = f", {start['tensors']['extended']} grown for new elements {new}" if new else ""
+            frozen = f", {len(module.frozen)} parameters frozen" if module.frozen else ""
+            print(f"mlip train: from {source}: {start['tensors']['copied']} tensors copied"
+                  f"{grown}{frozen}{refit}")
+            print(f"epoch 0 (before training): val F MAE {val.get('f_mae', float('nan')):.2f} meV/Å, "
+                  f"val E MAE {val.get('e_mae', float('nan')):.2f} meV", flush=True)
+        if source and config["data"]["replay"]["file"]:
+            replayed = _replay(config, module, dm, payload, run_dir, resume)
+            if rank_zero:
+                print(f"mlip train: replaying {replayed}", flush=True)
+    except BaseException:
+        if created and rank_zero:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     trainer, checkpoint = build_trainer(config, run_dir)
     t_fit = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)

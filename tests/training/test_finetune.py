@@ -191,6 +191,9 @@ def test_energy_reference_must_be_chosen(tiny_data, write_config, pretrained):
         "data.e0s=foundation", "data.test=[]"])
     with pytest.raises(ValueError, match=r"data.e0s: foundation has no E0 for \['N'\]"):
         _module(cfg)
+    with pytest.raises(ValueError, match=r"data.e0s: foundation has no E0 for \['N'\]"):
+        train({**cfg, "run_name": "refused"})
+    assert not (tiny_data / "runs" / "refused").exists()  # nothing left behind
 
 
 def test_frozen_groups_stay_and_the_rest_trains(tiny_data, write_config, pretrained, capsys):
