@@ -270,7 +270,7 @@ def test_pseudolabels_are_the_models_predictions(tiny_data, pretrained):
         s = ds[k]
         np.testing.assert_array_equal(s.positions, frames[index].positions)
         pred = model(atoms_to_batch([frames[index]], model.cutoff, dtype=torch.float64, labels=False))
-        assert s.energy == pytest.approx(float(pred[keys.ENERGY]), abs=1e-9)
+        assert s.energy == pytest.approx(float(pred[keys.ENERGY].detach()), abs=1e-9)
         np.testing.assert_allclose(s.forces, pred[keys.FORCES].detach().numpy(), atol=1e-9)
         assert s.energy != pytest.approx(frames[index].get_potential_energy(), abs=1e-3)
 
