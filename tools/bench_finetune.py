@@ -6,7 +6,7 @@ For each training-set size N (and seed), at the same wall-time budget per run:
 * ``replay``: the same plus ``data.replay`` (frames of the pretraining data, farthest points
   of the model's descriptors, pseudolabelled by the pretrained model, on their own readout
   head ``--replay-head``, the MACE multi-head recipe) at the published replay settings
-  (lr 1e-4, EMA 0.9999); its new-level errors are the default head's, its hold-out errors
+  (lr 1e-4, EMA 0.9999; ``--replay-lr``, ``--replay-ema``); its new-level errors are the default head's, its hold-out errors
   the replay head's;
 * ``scratch``: the scratch config (e.g. configs/acac_bench_gaunt.yaml) on the same N frames;
 
@@ -60,10 +60,15 @@ def run_train(config: str, overrides: list[str], log: Path, threads: int) -> dic
 def score(model: str, files: list[str]) -> dict[str, dict]:
     """E/F errors of a model file on each file (mlip.training.evaluate)."""
     import mlip
+    from mlip.model.potential import UnknownElementError
 
     out = {}
     for f in files:
-        r = mlip.evaluate(model, f)
+        try:
+            r = mlip.evaluate(model, f)
+        except UnknownElementError:  # a scratch model knows only the new data's elements
+            out[Path(f).name] = None
+            continue
         out[Path(f).name] = {k: r.get(k) for k in ("e_mae", "e_rmse", "f_mae", "f_rmse")}
     return out
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replay", nargs="*", default=[], help="pretraining files to replay")
     p.add_argument("--replay-count", type=int, default=200)
     p.add_argument("--replay-weight", type=float, default=1.0)
+    p.add_argument("--replay-lr", type=float, default=1e-4)
+    p.add_argument("--replay-ema", type=float, default=0.9999)
     p.add_argument("--replay-head", default="pretrain",
                    help="the replayed frames' own head ('' for the data's head)")
     p.add_argument("--finetune-config", default="configs/finetune.yaml")
@@ -98,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = {
         "naive": (args.finetune_config, [f"model.init_from={args.pretrained}"]),
         "replay": (args.finetune_config, [
-            f"model.init_from={args.pretrained}", "training.optim.lr=0.0001",
-            "training.ema.decay=0.9999",
+            f"model.init_from={args.pretrained}", f"training.optim.lr={args.replay_lr}",
+            f"training.ema.decay={args.replay_ema}",
             f"data.replay={{file: [{', '.join(args.replay)}], count: {args.replay_count}, "
             f"select: fps, pseudolabels: true, weight: {args.replay_weight}"
             + (f", head: {args.replay_head}}}" if args.replay_head else "}")]),
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, r in rows:
         cells = [f"{r['test'][Path(f).name]['e_mae']:.2f} / {r['test'][Path(f).name]['f_mae']:.2f}"
                  for f in args.test]
-        cells += [f"{r['holdout'][Path(f).name]['f_mae']:.2f}" for f in args.holdout]
+        cells += [f"{r['holdout'][Path(f).name]['f_mae']:.2f}" if r["holdout"][Path(f).name] else "-"
+                  for f in args.holdout]
         print(f"| {name} | {r['epochs']} | " + " | ".join(cells) + " |")
     print(f"\nwritten: {out / 'finetune.json'}")
 
