@@ -69,12 +69,14 @@ class BackboneOutputs:
         embedding_lmax: degree L of EQUIVARIANT_EMBEDDING, or None when there is none.
         embedding_channels: channels C of EQUIVARIANT_EMBEDDING, or None when there is none.
         direct_forces: whether DIRECT_FORCES is returned (and used instead of -dE/dr).
+        num_heads: readout heads: NODE_ENERGIES is (N,) for one, (N, num_heads) for more.
     """
 
     node_features: int | None = None
     embedding_lmax: int | None = None
     embedding_channels: int | None = None
     direct_forces: bool = False
+    num_heads: int = 1
 
 
 class Backbone(nn.Module):

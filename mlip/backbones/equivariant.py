@@ -279,7 +279,7 @@ class EquivariantBackbone(Backbone):
 
     @property
     def outputs(self) -> BackboneOutputs:
-        return BackboneOutputs(node_features=self.channels)
+        return BackboneOutputs(node_features=self.channels, num_heads=self.num_heads)
 
     def head_parameters(self) -> list[str]:
         return [f"readouts.{t}.weights.{len(r.weights) - 1}" for t, r in enumerate(self.readouts)]

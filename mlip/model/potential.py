@@ -107,8 +107,8 @@ class Potential(nn.Module):
         if self.heads is not None:
             if len(set(self.heads)) != len(self.heads) or e0_table.shape != (len(self.heads), len(atomic_numbers)):
                 raise ValueError(f"heads {self.heads}: distinct names and one row of E0s per head")
-            if getattr(backbone, "num_heads", 1) != len(self.heads):
-                raise ValueError(f"the backbone has {getattr(backbone, 'num_heads', 1)} readout "
+            if backbone.outputs.num_heads != len(self.heads):
+                raise ValueError(f"the backbone has {backbone.outputs.num_heads} readout "
                                  f"head(s), not {len(self.heads)}")
         elif e0_table.dim() != 1:
             raise ValueError("one row of E0s for a single-head model")
