@@ -18,6 +18,10 @@ Returns a dict with:
     EQUIVARIANT_EMBEDDING (N, C, (L+1)^2): optional, in the SH layout of :mod:`mlip.ops.sh`
         (``outputs.embedding_lmax = L``, ``outputs.embedding_channels = C``); what a
         learned-equivariance objective acts on.
+    READOUT_FEATURES (N, P): optional, the inputs of the readouts' last linear maps, so that
+        NODE_ENERGIES = READOUT_FEATURES @ W for the stacked last weights W (P, heads)
+        (``outputs.readout_features = P``); what a last-layer uncertainty estimate reads
+        (:mod:`mlip.model.uncertainty`).
     DIRECT_FORCES (N, 3): optional force head in units of the model's scale
         (``outputs.direct_forces = True``); the Potential then uses it instead of -dE/dr,
         which is NOT energy-conserving.
@@ -70,6 +74,7 @@ class BackboneOutputs:
         embedding_channels: channels C of EQUIVARIANT_EMBEDDING, or None when there is none.
         direct_forces: whether DIRECT_FORCES is returned (and used instead of -dE/dr).
         num_heads: readout heads: NODE_ENERGIES is (N,) for one, (N, num_heads) for more.
+        readout_features: width P of READOUT_FEATURES, or None when there are none.
     """
 
     node_features: int | None = None
@@ -77,6 +82,7 @@ class BackboneOutputs:
     embedding_channels: int | None = None
     direct_forces: bool = False
     num_heads: int = 1
+    readout_features: int | None = None
 
 
 class Backbone(nn.Module):

@@ -279,7 +279,9 @@ class EquivariantBackbone(Backbone):
 
     @property
     def outputs(self) -> BackboneOutputs:
-        return BackboneOutputs(node_features=self.channels, num_heads=self.num_heads)
+        width = sum(r.weights[-1].shape[0] for r in self.readouts)
+        return BackboneOutputs(node_features=self.channels, num_heads=self.num_heads,
+                               readout_features=width)
 
     def head_parameters(self) -> list[str]:
         return [f"readouts.{t}.weights.{len(r.weights) - 1}" for t, r in enumerate(self.readouts)]
@@ -317,14 +319,17 @@ class EquivariantBackbone(Backbone):
         h = (onehot @ self.embedding).unsqueeze(-1)  # (N, C, 1)
         shape = (species.shape[0],) if self.num_heads == 1 else (species.shape[0], self.num_heads)
         energy = torch.zeros(shape, dtype=vectors.dtype, device=vectors.device)
+        readout_features = []
         for t, (layer, readout, radial_out) in enumerate(zip(self.layers, self.readouts, radial_outs, strict=True)):
             if t > 0 and self.exchange is not None:  # the next layer reads the ghosts' features
                 h = self.exchange(h)
             nodes, edges = active[t] if active is not None else (None, None)
             h = layer(h, onehot, edge_sh, edge_radial, sender, receiver, self.inv_avg_neighbors,
                       radial_out, nodes, edges)
-            layer_energy = readout(h[:, :, 0])
+            layer_energy, g = readout.forward_with_features(h[:, :, 0])
+            readout_features.append(g if nodes is None else pad_rows(g, nodes, species.shape[0]))
             layer_energy = layer_energy.squeeze(-1) if self.num_heads == 1 else layer_energy
             energy = energy + layer_energy if nodes is None else energy.index_add(0, nodes, layer_energy)
         features = h[:, :, 0] if active is None else pad_rows(h[:, :, 0], nodes, species.shape[0])
-        return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: features}
+        return {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: features,
+                keys.READOUT_FEATURES: torch.cat(readout_features, dim=-1)}

@@ -167,7 +167,8 @@ class TransIPBackbone(Backbone):
     def outputs(self) -> BackboneOutputs:
         return BackboneOutputs(node_features=self.width, embedding_lmax=self.embedding_lmax,
                                embedding_channels=self.embedding_channels,
-                               direct_forces=self.force_head is not None)
+                               direct_forces=self.force_head is not None,
+                               readout_features=self.readout.weights[-1].shape[0])
 
     @property
     def message_passing_hops(self) -> int:
@@ -193,8 +194,9 @@ class TransIPBackbone(Backbone):
             h = pad_rows(h, active[-1][0], species.shape[0])
         h = self.norm(h)
         z = self.project(h).view(-1, self.embedding_channels, num_components(self.embedding_lmax))
-        energy = self.readout(z[:, :, 0]).squeeze(-1)
-        out = {keys.NODE_ENERGIES: energy, keys.NODE_FEATURES: h, keys.EQUIVARIANT_EMBEDDING: z}
+        energy, g = self.readout.forward_with_features(z[:, :, 0])
+        out = {keys.NODE_ENERGIES: energy.squeeze(-1), keys.NODE_FEATURES: h,
+               keys.EQUIVARIANT_EMBEDDING: z, keys.READOUT_FEATURES: g}
         if self.force_head is not None:
             # l = 1 components are (x, y, z) in this SH layout.
             out[keys.DIRECT_FORCES] = self.force_head(z[:, :, 1:4].transpose(1, 2)).squeeze(-1)

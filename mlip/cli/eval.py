@@ -1,4 +1,5 @@
-"""`mlip eval MODEL FILE... [--json OUT] [--plots DIR]`: held-out errors per file."""
+"""`mlip eval MODEL FILE... [--json OUT] [--plots DIR] [--uncertainty]`: held-out errors
+per file (MODEL: a model file or a committee file)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mlip.cli.main import CliError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model file on held-out data files")
-    p.add_argument("model", help="deployable model file (model.pt from mlip train)")
+    p.add_argument("model", help="deployable model file (model.pt from mlip train) or committee file")
     p.add_argument("files", nargs="+", help="data files (extxyz, ASE db/traj, or .lmdb)")
     p.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="write parity plots (PNG) into this folder")
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rotations", type=int, default=10, help="random rotations per structure")
     p.add_argument("--max-structures", type=int, default=20,
                    help="structures per file used for --equivariance")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also report how the predicted uncertainty ranks and matches the actual "
+                        "errors (Spearman, miscalibration area); with --plots a calibration plot")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--compile", action="store_true",
                    help="AOTInductor-compiled force path (built once per batch size, cached)")
@@ -45,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         engine = ForceField(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
+    if args.uncertainty and not engine.has_uncertainty:
+        raise CliError(f"{args.model} has no uncertainty: retrain with training.uncertainty=llpr, "
+                       "or evaluate a committee file (mlip train --committee K)")
     mapping = {"energy_key": args.energy_key, "forces_key": args.forces_key,
                "stress_key": args.stress_key}
     results = []
@@ -52,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             results.append(evaluate_file(engine, path, args.batch_size, mapping,
                                          keep_predictions=bool(args.plots),
-                                         progress=sys.stderr.isatty()))
+                                         progress=sys.stderr.isatty(),
+                                         uncertainty=args.uncertainty))
         except (FileNotFoundError, ValueError) as err:
             raise CliError(f"{path}: {err}") from err
     print(format_table(results))
@@ -62,8 +70,18 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             for png in parity_plots(r, Path(args.plots)):
                 print(f"wrote {png}")
+    if args.uncertainty:
+        from mlip.training.calibration import calibration_plot, format_metrics
+
+        print(format_metrics(results))
+        if args.plots:
+            for r in results:
+                png = calibration_plot(r["calibration"], Path(args.plots) / f"{Path(r['file']).stem}_calibration.png",
+                                       f"{Path(args.model).name} on {Path(r['file']).name}")
+                print(f"wrote {png}")
     for r in results:
         r.pop("predictions", None)
+        r.pop("calibration", None)
     if args.equivariance:
         symmetry = [equivariance_errors(engine.model, path, args.rotations, args.max_structures,
                                         key_mapping=mapping) for path in args.files]

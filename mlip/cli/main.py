@@ -13,7 +13,7 @@ import sys
 from mlip import __version__
 
 # Verb modules, in the order `mlip --help` lists them.
-VERBS = ("data", "train", "eval", "md", "export", "lammps", "tp")
+VERBS = ("data", "train", "eval", "md", "learn", "export", "lammps", "tp")
 
 
 def build_parser() -> argparse.ArgumentParser:

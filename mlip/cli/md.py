@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "replicas (--replicas) with torch-native ones.\n\nEnsembles:\n"
         + "\n".join(f"  {k:<20} {v[0]}" for k, v in ENSEMBLES.items()),
     )
-    p.add_argument("model", help="deployable model file (model.pt from mlip train)")
+    p.add_argument("model", help="deployable model file (model.pt from mlip train) or committee file")
     p.add_argument("structure", help="any ASE-readable structure file")
     p.add_argument("--frame-index", type=int, default=0, help="frame of STRUCTURE to start from")
     p.add_argument("--ensemble", choices=list(ENSEMBLES), default="nve", metavar="NAME",
@@ -60,6 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="NVE: stop when |Etot - Etot(0)| per atom exceeds this [eV]")
     p.add_argument("--max-temperature", type=float, default=None,
                    help="stop above this temperature [K] (default max(5000, 10 x --temperature))")
+    p.add_argument("--max-uncertainty", type=float, default=None, metavar="EV_PER_A",
+                   help="with a model that has an uncertainty (or a committee file): stop when an "
+                   "atom's force uncertainty exceeds this [eV/Å] and write that frame (the largest "
+                   "per-atom uncertainty is logged either way)")
+    p.add_argument("--on-uncertainty", choices=("stop", "warn"), default="stop",
+                   help="stop (default) or only warn and keep writing frames (one per --log-every steps)")
+    p.add_argument("--uncertain-out", default=None,
+                   help="extended XYZ the uncertain frames go to (default: next to --out as "
+                   "<stem>_uncertain.xyz, else uncertain.xyz)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default malloc (by default mlip md keeps freed memory in its "
@@ -102,12 +111,20 @@ def run(args: argparse.Namespace) -> int:
                             cuda_graphs=args.cuda_graphs)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise CliError(f"cannot load model {args.model}: {err}") from err
+    uncertain_out = args.uncertain_out
+    if args.max_uncertainty is not None and uncertain_out is None:
+        from pathlib import Path
+
+        uncertain_out = (str(Path(args.out).with_name(Path(args.out).stem + "_uncertain.xyz"))
+                         if args.out else "uncertain.xyz")
     settings = MDSettings(
         ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep,
         steps=args.steps, friction_per_fs=args.friction, pressure_GPa=args.pressure,
         compressibility_per_GPa=args.compressibility, seed=args.seed, log_every=args.log_every,
         trajectory=args.out, log=args.log, max_energy_drift_per_atom=args.max_drift,
         max_temperature_K=args.max_temperature, progress=not args.quiet,
+        max_uncertainty=args.max_uncertainty, uncertainty_action=args.on_uncertainty,
+        uncertain_frames=uncertain_out,
     )
     try:
         if args.replicas > 1:
@@ -131,4 +148,8 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['ns_per_day']:.3f} ns/day; final T {summary['final_temperature_K']:.0f} K"
         f"{where}"
     )
+    if "max_forces_uncertainty" in summary:
+        print(f"mlip md: largest per-atom force uncertainty {summary['max_forces_uncertainty']:.3f} eV/Å"
+              + (f"; {summary['uncertain_steps']} step(s) above {args.max_uncertainty:g} eV/Å, frames in "
+                 f"{uncertain_out}" if summary["uncertain_steps"] else ""))
     return 0

@@ -1,4 +1,5 @@
-"""`mlip train --config FILE [key.sub=value ...] [--init-from MODEL] [--resume | --overwrite]`."""
+"""`mlip train --config FILE [key.sub=value ...] [--init-from MODEL] [--committee K]
+[--resume | --overwrite]`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from this trained model file (model.init_from): its architecture "
                         "and weights; choose data.e0s=foundation|refit|FILE")
+    p.add_argument("--committee", type=int, metavar="K",
+                   help="train K models (seeds seed..seed+K-1, one train/val split) and write a "
+                        "calibrated committee file <run>/committee.pt (training.committee)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue checkpoints/<run>/last.ckpt")
     mode.add_argument("--overwrite", action="store_true",
@@ -34,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.init_from:
             overrides.append(f"model.init_from={args.init_from}")
+        if args.committee is not None:
+            overrides.append(f"training.committee={args.committee}")
         config = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from err

@@ -28,6 +28,7 @@ FORCES = "forces"  # (N, 3) float | forces, -dE/dpos [eV/Å]
 BATCH = "batch"  # (N,) int64 | index of the structure each atom belongs to
 NODE_FEATURES = "node_features"  # (N, F) float | last-layer node features (irreps layout)
 ATOMIC_ENERGIES = "atomic_energies"  # (N,) float64 | per-atom energies incl. E0 [eV]
+FORCES_UNCERTAINTY = "forces_uncertainty"  # (N,) float | predicted error of the atom's force (norm, calibrated) [eV/Å]
 
 # --- per edge ----------------------------------------------------------------------
 EDGE_INDEX = "edge_index"  # (2, E) int64 | (sender j, receiver i)
@@ -51,6 +52,7 @@ FORCES_MASK = "forces_mask"  # (B,) float | forces label present
 STRESS_MASK = "stress_mask"  # (B,) float | stress label present
 LOSS_WEIGHT = "loss_weight"  # (B,) float | weight of the structure in the training loss (absent: 1) [1]
 LOSS_WEIGHT_STAGE_TWO = "loss_weight_stage_two"  # (B,) float | its weight in stage two (absent: LOSS_WEIGHT) [1]
+ENERGY_UNCERTAINTY = "energy_uncertainty"  # (B,) float | predicted error of the energy (calibrated) [eV]
 HEAD = "head"  # (B,) int64 | readout head of a multi-head model for the structure (absent: 0)
 
 # --- model internals -----------------------------------------------------------------
@@ -58,16 +60,17 @@ SPECIES = "species"  # (N,) int64 | index of each atom's element in the model's 
 NODE_ENERGIES = "node_energies"  # (N,) or (N, H) float | backbone per-atom energies before scale/shift (one column per head)
 DIRECT_FORCES = "direct_forces"  # (N, 3) float | backbone force head, not -dE/dr (unit: the model's scale)
 EQUIVARIANT_EMBEDDING = "equivariant_embedding"  # (N, C, (L+1)^2) float | learned-equivariant embedding (TransIP)
+READOUT_FEATURES = "readout_features"  # (N, P) float | inputs of the readouts' last linear maps: NODE_ENERGIES = READOUT_FEATURES @ W
 
 # --- classification ------------------------------------------------------------------
 NODE_KEYS = frozenset({
     POSITIONS, ATOMIC_NUMBERS, FORCES, BATCH, NODE_FEATURES, ATOMIC_ENERGIES, SPECIES,
-    NODE_ENERGIES, DIRECT_FORCES, EQUIVARIANT_EMBEDDING,
+    NODE_ENERGIES, DIRECT_FORCES, EQUIVARIANT_EMBEDDING, READOUT_FEATURES, FORCES_UNCERTAINTY,
 })
 EDGE_KEYS = frozenset({EDGE_INDEX, CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS, EDGE_WEIGHTS})
 GRAPH_KEYS = frozenset({
     CELL, PBC, NUM_ATOMS, ENERGY, STRESS, VIRIAL, CHARGE, SPIN, ENERGY_MASK, FORCES_MASK,
-    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO, HEAD,
+    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO, HEAD, ENERGY_UNCERTAINTY,
 })
 
 

@@ -45,8 +45,8 @@ INPUT_KEYS = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.EDGE_INDEX, keys.CELL_SH
 # unrolled shared product and row-folded matmuls; 5: no index bounds checks;
 # 6: tabulated radial networks, copied operands of the degree-wise linear maps; 7: tables
 # exactly 0 beyond the cutoff, one-hot species without a range check; 8: mirrored edges an
-# invariant, no marker input; 9: serial CPU kernels), so old packages are not reused.
-_FORMAT = 9
+# invariant, no marker input; 9: serial CPU kernels; 10: uncertainty outputs), so old packages are not reused.
+_FORMAT = 10
 # Smallest sizes a package accepts (export specialises sizes 0 and 1); smaller inputs
 # (a lone atom, a structure with a single edge) take the eager path.
 _MIN_ATOMS, _MIN_EDGES = 2, 2
@@ -96,7 +96,10 @@ class _ForceFunction(torch.nn.Module):
         data[keys.PBC] = torch.cat([data[keys.PBC], data[keys.PBC].new_zeros(1, 3)])
         out = self.potential(data, compute_forces=True, compute_stress=self.stress)
         result = (out[keys.ENERGY][:-1], out[keys.ATOMIC_ENERGIES], out[keys.FORCES])
-        return result + ((out[keys.STRESS][:-1],) if self.stress else ())
+        result = result + ((out[keys.STRESS][:-1],) if self.stress else ())
+        if keys.ENERGY_UNCERTAINTY in out:  # a model with a fitted last-layer uncertainty
+            result = result + (out[keys.ENERGY_UNCERTAINTY][:-1], out[keys.FORCES_UNCERTAINTY])
+        return result
 
 
 def frozen_copy(potential: torch.nn.Module, radial_table: bool) -> torch.nn.Module:
@@ -212,11 +215,15 @@ class CompiledForceField:
                 and data[keys.CELL].shape[0] == self.num_graphs)
 
     def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """ENERGY, ATOMIC_ENERGIES, FORCES (and STRESS) of the batch, as the eager model."""
+        """ENERGY, ATOMIC_ENERGIES, FORCES (and STRESS; and ENERGY_UNCERTAINTY,
+        FORCES_UNCERTAINTY for a model with a fitted uncertainty) of the batch, as the eager
+        model."""
         out = self._runner(*_example_inputs(data))
         result = {keys.ENERGY: out[0], keys.ATOMIC_ENERGIES: out[1], keys.FORCES: out[2]}
         if self.stress:
             result[keys.STRESS] = out[3]
+        if len(out) > 3 + self.stress:
+            result[keys.ENERGY_UNCERTAINTY], result[keys.FORCES_UNCERTAINTY] = out[3 + self.stress:]
         return result
 
 

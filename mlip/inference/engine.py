@@ -45,8 +45,9 @@ from mlip.inference.errors import (
     too_close_message,
 )
 from mlip.inference.graphed import GraphedForceField
-from mlip.model.io import load_model
+from mlip.model.io import is_committee_file, load_committee, load_model
 from mlip.model.potential import Potential
+from mlip.model.uncertainty import combine_committee
 
 __all__ = ["ForceField", "TrackedSystems", "as_engine", "COMPILE_MODES", "compile_mode", "resolve_device",
            "resolve_dtype"]
@@ -89,6 +90,23 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return getattr(torch, dtype)
 
 
+def committee_of(model, device: torch.device, dtype: torch.dtype | None
+                 ) -> tuple[list[Potential | str | Path] | None, tuple[float, float]]:
+    """The members and calibration of a committee (a committee file, or a list/tuple of
+    model files or Potentials: alpha 1), or (None, (1, 1)) for one model."""
+    if isinstance(model, (list, tuple)):
+        if len(model) < 2:
+            raise ValueError(f"a committee needs at least two members, got {len(model)}")
+        return list(model), (1.0, 1.0)
+    if isinstance(model, (str, Path)) and Path(model).is_file() and is_committee_file(model):
+        members, alpha = load_committee(model, device=device, dtype=dtype)
+        for m in members:  # ours: frozen in place
+            for p in m.parameters():
+                p.requires_grad_(False)
+        return members, alpha
+    return None, (1.0, 1.0)
+
+
 def inference_model(model: Potential | str | Path, device: torch.device,
                     dtype: torch.dtype | None, compile_backbone: bool = False) -> Potential:
     """The engine's own model on ``device`` in ``dtype``, in eval mode, weights frozen.
@@ -120,11 +138,19 @@ def inference_model(model: Potential | str | Path, device: torch.device,
 class ForceField:
     """A trained model ready to compute energies, forces and stress.
 
+    Uncertainty: a model file with a fitted last-layer estimate (:mod:`mlip.model.uncertainty`)
+    returns ENERGY_UNCERTAINTY (B,) [eV] and FORCES_UNCERTAINTY (N,) [eV/Å] with every call;
+    a committee (a committee file, or a list of model files or Potentials) returns the
+    members' mean energy, forces and stress and, as uncertainties, the members' calibrated
+    standard deviations (:func:`~mlip.model.uncertainty.combine_committee`).
+
     Args:
         model: a model file (``model.pt`` from ``mlip train``, loaded with
             ``weights_only=True``) or a :class:`~mlip.model.potential.Potential` (used as is
             when it is in eval mode, device and dtype match and nothing is compiled, else a
-            moved copy; the caller's module is never modified).
+            moved copy; the caller's module is never modified); or a committee: a committee
+            file (``mlip train --committee K``) or a list of model files / Potentials
+            (uncalibrated: alpha = 1).
         device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
         dtype: torch.float32/float64 or their names; default the model's.
         compile: ``"aot"`` (or True): energy + forces (+ stress) as one AOTInductor-compiled
@@ -167,11 +193,23 @@ class ForceField:
     ) -> None:
         self.device = resolve_device(device)
         self.compile_mode = compile_mode(compile)
-        self.model = inference_model(model, self.device, resolve_dtype(dtype),
-                                     self.compile_mode == "inductor")
+        self.members, self.committee_alpha = committee_of(model, self.device, resolve_dtype(dtype))
+        if self.members is not None:
+            self.members = [inference_model(m, self.device, resolve_dtype(dtype),
+                                            self.compile_mode == "inductor") for m in self.members]
+            self.model = self.members[0]
+            for k, m in enumerate(self.members[1:], start=1):
+                if m.atomic_numbers != self.model.atomic_numbers or m.cutoff != self.model.cutoff:
+                    raise ValueError(f"committee member {k}: elements {m.atomic_numbers} / cutoff "
+                                     f"{m.cutoff} differ from member 0's: members share them")
+        else:
+            self.model = inference_model(model, self.device, resolve_dtype(dtype),
+                                         self.compile_mode == "inductor")
         self.dtype = next(self.model.parameters()).dtype
         self.cutoff = self.model.cutoff
         self.compiled = CompiledModel(self.model) if self.compile_mode == "aot" else None
+        self._compiled_members = ([self.compiled] + [CompiledModel(m) for m in self.members[1:]]
+                                  if self.compiled is not None and self.members else None)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, not {self.device} "
                              "(fixed_shapes=True gives the same inputs without graphs)")
@@ -204,12 +242,29 @@ class ForceField:
         fixed-shape batch's outputs include its ghost structure (tracked systems drop it)."""
         if not forces:
             with torch.enable_grad():
+                if self.members is not None:
+                    return combine_committee([m(data, compute_forces=False, compute_stress=stress)
+                                              for m in self.members], self.committee_alpha)
                 return self.model(data, compute_forces=False, compute_stress=stress)
         if self.graphs is not None:
             return self.graphs(data, stress)
         return self._force_call(data, stress)
 
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether every call returns ENERGY_UNCERTAINTY and FORCES_UNCERTAINTY."""
+        return self.members is not None or self.model.uncertainty is not None
+
     def _force_call(self, data: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
+        if self.members is not None:
+            outs = []
+            for k, member in enumerate(self.members):
+                if self._compiled_members is not None:
+                    outs.append(self._compiled_members[k](data, stress))
+                else:
+                    with torch.enable_grad():
+                        outs.append(member(data, compute_forces=True, compute_stress=stress))
+            return combine_committee(outs, self.committee_alpha)
         if self.compiled is not None:
             return self.compiled(data, stress)
         with torch.enable_grad():  # forces are -dE/dr, also under a caller's no_grad
@@ -228,7 +283,8 @@ class ForceField:
     def predict(self, structures: Sequence[ase.Atoms | Structure] | ase.Atoms,
                 stress: bool | None = None) -> list[dict[str, np.ndarray | float]]:
         """Energy [eV], forces [eV/Å], per-atom energies [eV] (and stress [eV/Å^3], 3x3,
-        ASE's sign) of each structure, in one batched call.
+        ASE's sign; energy_uncertainty [eV] and forces_uncertainty (N,) [eV/Å] for a model
+        with an uncertainty or a committee) of each structure, in one batched call.
 
         Args:
             structures: ASE Atoms or :class:`~mlip.data.structure.Structure` objects.
@@ -261,6 +317,9 @@ class ForceField:
             r = {"energy": energies[k], "forces": forces[lo:hi], "energies": atomic[lo:hi]}
             if stress:
                 r["stress"] = out[keys.STRESS][k].detach().cpu().double().numpy() if s.periodic else np.zeros((3, 3))
+            if keys.ENERGY_UNCERTAINTY in out:
+                r["energy_uncertainty"] = float(out[keys.ENERGY_UNCERTAINTY][k])
+                r["forces_uncertainty"] = out[keys.FORCES_UNCERTAINTY][lo:hi].detach().cpu().double().numpy()
             results.append(r)
         return results
 

@@ -43,7 +43,8 @@ class MLIPCalculator(Calculator):
             engine's.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
+                              "energy_uncertainty", "forces_uncertainty"]
 
     def __init__(
         self,
@@ -128,3 +129,6 @@ class MLIPCalculator(Calculator):
         if periodic:
             s = out[keys.STRESS].detach()[0].cpu().double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if keys.ENERGY_UNCERTAINTY in out:  # a model with an uncertainty, or a committee
+            self.results["energy_uncertainty"] = float(out[keys.ENERGY_UNCERTAINTY].detach()[0])
+            self.results["forces_uncertainty"] = out[keys.FORCES_UNCERTAINTY].detach().cpu().double().numpy()

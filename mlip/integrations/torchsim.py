@@ -8,7 +8,10 @@ holding any number of systems of any sizes and returns
 
 * ``energy`` (n_systems,) [eV],
 * ``forces`` (n_atoms, 3) [eV/Å] (with ``compute_forces``),
-* ``stress`` (n_systems, 3, 3) [eV/Å^3] (with ``compute_stress``).
+* ``stress`` (n_systems, 3, 3) [eV/Å^3] (with ``compute_stress``),
+* ``energy_uncertainty`` (n_systems,) [eV] and ``forces_uncertainty`` (n_atoms,) [eV/Å] for
+  a model with an uncertainty or a committee (:meth:`MLIPModel.max_forces_uncertainty`
+  reports the largest per system to torch-sim's trajectory reporter).
 
 The model's input comes from the one input path: each system's graph is built by
 :class:`mlip.graph.skin.SkinNeighborList` (:func:`mlip.graph.build.structure_graph` +
@@ -122,6 +125,7 @@ class MLIPModel(ModelInterface):
         self.min_distance = self.engine.min_distance
         self.tracked: TrackedSystems | None = None
         self._systems: tuple[torch.Tensor, ...] | None = None
+        self.last_max_forces_uncertainty: torch.Tensor | None = None
 
     @property
     def graphs(self):
@@ -219,4 +223,21 @@ class MLIPModel(ModelInterface):
             result["forces"] = out[keys.FORCES].detach().to(dtype)
         if self._compute_stress:
             result["stress"] = out[keys.STRESS].detach().to(dtype)
+        if keys.ENERGY_UNCERTAINTY in out:  # a model with an uncertainty, or a committee
+            result["energy_uncertainty"] = out[keys.ENERGY_UNCERTAINTY].detach().to(dtype)
+            if keys.FORCES_UNCERTAINTY in out:
+                per_atom = out[keys.FORCES_UNCERTAINTY].detach().to(dtype)
+                result["forces_uncertainty"] = per_atom
+                largest = torch.zeros_like(result["energy"]).scatter_reduce(
+                    0, state.system_idx, per_atom, reduce="amax", include_self=False)
+                self.last_max_forces_uncertainty = largest
         return result
+
+    def max_forces_uncertainty(self, state: ts.SimState) -> torch.Tensor:
+        """(n_systems,) largest per-atom force uncertainty [eV/Å] of the last call (a model
+        with an uncertainty or a committee): a torch-sim property calculator that costs no
+        model call, e.g. ``ts.TrajectoryReporter(..., prop_calculators={10:
+        {"max_forces_uncertainty": model.max_forces_uncertainty}})``."""
+        if self.last_max_forces_uncertainty is None:
+            raise ValueError("the model has no uncertainty (training.uncertainty: llpr, or a committee)")
+        return self.last_max_forces_uncertainty

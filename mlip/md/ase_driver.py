@@ -33,8 +33,58 @@ ENSEMBLES = {
 }
 
 
+class UncertaintyWatch:
+    """``max_uncertainty``: the frames whose largest per-atom force uncertainty exceeds the
+    limit are appended to ``path`` (extended XYZ, with step, replica and the uncertainties
+    in ``info``/``arrays``); with ``action="stop"`` the first one stops the run
+    (:class:`UncertaintyExceededError`), with ``"warn"`` one warning is printed and the run
+    goes on, writing at most one frame per ``log_every`` steps."""
+
+    def __init__(self, limit: float | None, action: str, path: str | None, log_every: int) -> None:
+        if action not in ("stop", "warn"):
+            raise ValueError(f"uncertainty action must be 'stop' or 'warn', got {action!r}")
+        if limit is not None and limit <= 0:
+            raise ValueError(f"--max-uncertainty must be positive, got {limit}")
+        self.limit, self.action, self.path, self.log_every = limit, action, path, log_every
+        self.largest = 0.0
+        self.exceeded = 0
+        self._last_written: int | None = None
+        self._writer: TrajectoryWriter | None = None
+
+    def check(self, step: int, largest: float, snapshot) -> None:
+        """Record ``largest`` (eV/Å) of step ``step``; ``snapshot()`` -> the Atoms to write."""
+        self.largest = max(self.largest, largest)
+        if self.limit is None or not largest > self.limit:
+            return
+        self.exceeded += 1
+        due = self._last_written is None or step - self._last_written >= self.log_every
+        if self.path and (self.action == "stop" or due):
+            if self._writer is None:
+                self._writer = TrajectoryWriter(self.path)
+            self._writer.write(snapshot())
+            self._last_written = step
+        where = f"; frame written to {self.path}" if self.path else ""
+        message = (f"step {step}: largest per-atom force uncertainty {largest:.3f} eV/Å is above "
+                   f"--max-uncertainty {self.limit:g} eV/Å{where}")
+        if self.action == "stop":
+            raise UncertaintyExceededError(message)
+        if self.exceeded == 1:
+            print(f"mlip md: warning: {message} (warning once; continuing)", flush=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {"max_forces_uncertainty": self.largest, "uncertain_steps": self.exceeded}
+
+
 class MDInstabilityError(RuntimeError):
     """The simulation blew up (NaN, energy drift or temperature beyond the limits)."""
+
+
+class UncertaintyExceededError(MDInstabilityError):
+    """The model's force uncertainty passed ``max_uncertainty`` (the run left its data)."""
 
 
 def make_integrator(
@@ -130,6 +180,10 @@ class MDSettings:
         max_energy_drift_per_atom: NVE stops when |Etot - Etot(0)| / N exceeds this [eV].
         max_temperature_K: every ensemble stops above this [K]; None: max(5000, 10 T).
         progress: show a progress bar.
+        max_uncertainty: with a model that has an uncertainty (or a committee): the largest
+            per-atom force uncertainty allowed [eV/Å]; None: only logged.
+        uncertainty_action: "stop" (default) or "warn" when it is exceeded.
+        uncertain_frames: extended-XYZ file the offending frames are appended to.
     """
 
     ensemble: str = "nve"
@@ -146,6 +200,13 @@ class MDSettings:
     max_energy_drift_per_atom: float = 1.0
     max_temperature_K: float | None = None
     progress: bool = True
+    max_uncertainty: float | None = None
+    uncertainty_action: str = "stop"
+    uncertain_frames: str | None = None
+
+    def uncertainty_watch(self) -> UncertaintyWatch:
+        return UncertaintyWatch(self.max_uncertainty, self.uncertainty_action, self.uncertain_frames,
+                                self.log_every)
 
     def temperature_limit(self) -> float:
         if self.max_temperature_K is not None:
@@ -189,6 +250,21 @@ def initial_velocities(atoms: ase.Atoms, temperature_K: float, rng: np.random.Ge
         Stationary(atoms)
 
 
+def _uncertain_frame(atoms: ase.Atoms, step: int, largest: float, replica: int | None = None) -> ase.Atoms:
+    """A copy of ``atoms`` with its energy, forces and uncertainties for the uncertain-frames file."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    snap = atoms.copy()
+    results = atoms.calc.results
+    snap.info.update(md_step=step, max_forces_uncertainty=largest,
+                     energy_uncertainty=float(results.get("energy_uncertainty", np.nan)))
+    if replica is not None:
+        snap.info["replica"] = replica
+    snap.arrays["forces_uncertainty"] = np.asarray(results["forces_uncertainty"], dtype=np.float64)
+    snap.calc = SinglePointCalculator(snap, energy=results["energy"], forces=results["forces"])
+    return snap
+
+
 def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
     """Run MD on ``atoms`` (with a calculator attached) with ASE's integrators.
 
@@ -197,11 +273,13 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
         settings: see :class:`MDSettings`.
 
     Returns:
-        summary: steps, seconds, atoms, steps_per_second, ns_per_day, final_temperature_K.
+        summary: steps, seconds, atoms, steps_per_second, ns_per_day, final_temperature_K
+        (and max_forces_uncertainty [eV/Å], uncertain_steps for a model with an uncertainty).
 
     Raises:
         MDInstabilityError: NaN, energy drift or temperature beyond the limits, or the
             calculator refusing the geometry; the trajectory and log so far are kept.
+        UncertaintyExceededError: ``max_uncertainty`` passed with ``uncertainty_action="stop"``.
     """
     rng = np.random.default_rng(settings.seed)
     initial_velocities(atoms, settings.temperature_K, rng)
@@ -210,7 +288,13 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
                           settings.compressibility_per_GPa)
     n = len(atoms)
     bulk = bool(atoms.pbc.all())  # pressure and volume are logged for fully periodic cells
-    names, formats = md_columns(bulk)
+    atoms.get_potential_energy()
+    uncertain = "forces_uncertainty" in atoms.calc.results
+    if settings.max_uncertainty is not None and not uncertain:
+        raise ValueError("--max-uncertainty needs a model with an uncertainty (training.uncertainty: "
+                         "llpr) or a committee file")
+    watch = settings.uncertainty_watch()
+    names, formats = md_columns(bulk, uncertainty=uncertain)
     log = TextLog(settings.log, names)
     traj = TrajectoryWriter(settings.trajectory) if settings.trajectory else None
     progress = Progress(settings.steps, settings.timestep_fs, f"md {settings.ensemble}",
@@ -224,13 +308,16 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
         temp = atoms.get_temperature()
         etot = epot + ekin
         start.setdefault("etot", etot)
+        largest = float(np.max(atoms.calc.results["forces_uncertainty"])) if uncertain else 0.0
         if step % settings.log_every == 0:
             if traj:
                 traj.write(atoms)
             row = [step * settings.timestep_fs / 1000, epot, ekin, etot, temp]
             if bulk:
                 row += [pressure_GPa(atoms), atoms.get_volume()]
-            log.row(row, formats)
+            log.row(row + ([largest] if uncertain else []), formats)
+        if uncertain:
+            watch.check(step, largest, lambda: _uncertain_frame(atoms, step, largest))
         finite = bool(np.isfinite(etot) and np.isfinite(atoms.positions).all())
         check_stability(step, settings, np.array([etot]), np.array([start["etot"]]), n, temp, finite)
         progress.update(step, temp)
@@ -245,16 +332,19 @@ def run_md(atoms: ase.Atoms, settings: MDSettings) -> dict[str, Any]:
     finally:
         progress.close()
         log.close()
+        watch.close()
         if traj:
             traj.close()
     seconds = time.perf_counter() - t0
     steps = dyn.nsteps
     if error is not None:
         kept = f"; trajectory so far kept in {settings.trajectory}" if settings.trajectory else ""
-        raise MDInstabilityError(f"{error} (stopped after {steps} of {settings.steps} steps{kept})") from error
+        cls = UncertaintyExceededError if isinstance(error, UncertaintyExceededError) else MDInstabilityError
+        raise cls(f"{error} (stopped after {steps} of {settings.steps} steps{kept})") from error
     rate = steps / seconds if seconds > 0 else float("nan")
     return {
         "steps": steps, "seconds": seconds, "atoms": n, "steps_per_second": rate,
         "ns_per_day": ns_per_day(rate, settings.timestep_fs),
         "final_temperature_K": atoms.get_temperature(),
+        **(watch.summary() if uncertain else {}),
     }

@@ -81,13 +81,18 @@ class TextLog:
             self._file.close()
 
 
-def md_columns(periodic: bool, replicas: bool = False) -> tuple[list[str], list[str]]:
-    """Log columns and their formats: time, energies, T (and P, V for periodic cells)."""
+def md_columns(periodic: bool, replicas: bool = False, uncertainty: bool = False
+               ) -> tuple[list[str], list[str]]:
+    """Log columns and their formats: time, energies, T (and P, V for periodic cells; the
+    largest per-atom force uncertainty for a model with one)."""
     names = ["time[ps]", "Epot[eV]", "Ekin[eV]", "Etot[eV]", "T[K]"]
     formats = [".5f", ".6f", ".6f", ".6f", ".2f"]
     if periodic:
         names += ["P[GPa]", "V[A^3]"]
         formats += [".5f", ".3f"]
+    if uncertainty:
+        names += ["maxUF[eV/A]"]
+        formats += [".5f"]
     if replicas:
         names, formats = ["replica", *names], ["d", *formats]
     return names, formats

@@ -41,7 +41,13 @@ from mlip.data import keys
 from mlip.data.readers import atoms_to_structure
 from mlip.inference.engine import ForceField
 from mlip.inference.errors import AtomsTooCloseError, NonFiniteOutputError
-from mlip.md.ase_driver import MDInstabilityError, MDSettings, check_stability, initial_velocities
+from mlip.md.ase_driver import (
+    MDInstabilityError,
+    MDSettings,
+    UncertaintyExceededError,
+    check_stability,
+    initial_velocities,
+)
 from mlip.md.output import Progress, TextLog, TrajectoryWriter, md_columns, ns_per_day
 
 SUPPORTED = ("nve", "langevin")
@@ -80,6 +86,9 @@ class ReplicaSystem:
         out = self.tracked.compute(pos, stress=stress and self.periodic, check_finite=False)
         result = {"energy": out[keys.ENERGY].detach().double(),
                   "forces": out[keys.FORCES].detach().double()}
+        if keys.FORCES_UNCERTAINTY in out:
+            result["forces_uncertainty"] = out[keys.FORCES_UNCERTAINTY].detach().double()
+            result["energy_uncertainty"] = out[keys.ENERGY_UNCERTAINTY].detach().double()
         if stress and self.periodic:
             result["stress"] = out[keys.STRESS].detach().double()
         return result
@@ -169,13 +178,19 @@ class _Recorder:
         self.bulk = bool(atoms.pbc.all())  # P and V are logged (and stress computed) for bulk cells
         self.paths = _replica_paths(settings.trajectory, system.k)
         self.writers = [TrajectoryWriter(p) for p in self.paths]
-        self.names, self.formats = md_columns(self.bulk, replicas=True)
+        self.uncertain = system.engine.has_uncertainty
+        if settings.max_uncertainty is not None and not self.uncertain:
+            raise ValueError("--max-uncertainty needs a model with an uncertainty (training.uncertainty: "
+                             "llpr) or a committee file")
+        self.watch = settings.uncertainty_watch()
+        self.names, self.formats = md_columns(self.bulk, replicas=True, uncertainty=self.uncertain)
         self.log = TextLog(settings.log, self.names)
         self.etot0: torch.Tensor | None = None
         self.temperature = settings.temperature_K  # the progress bar's, as of the last check
 
     def close(self) -> None:
         self.log.close()
+        self.watch.close()
         for writer in self.writers:
             writer.close()
 
@@ -190,8 +205,16 @@ class _Recorder:
         etot = out["energy"] + ekin
         temps = 2 * ekin / (3 * state.n * units.kB)
         self.etot0 = etot.clone() if self.etot0 is None else self.etot0
+        largest = None
+        if self.uncertain:  # (K,) largest per-atom force uncertainty of each replica
+            largest = out["forces_uncertainty"].view(state.k, state.n).amax(dim=1)
         if step % settings.log_every == 0:
-            self._write(step, out, ekin, etot, temps)
+            self._write(step, out, ekin, etot, temps, largest)
+        if largest is not None and settings.max_uncertainty is not None:
+            worst = largest.max()
+            if bool(worst > settings.max_uncertainty):  # one read per step with a limit
+                r = int(largest.argmax())
+                self.watch.check(step, float(worst), lambda: self._snapshot(r, out, float(worst), step))
         if step % CHECK_EVERY and step % settings.log_every and step != settings.steps:
             return
         model_ok = self.system.finite(out)
@@ -205,13 +228,29 @@ class _Recorder:
         check_stability(step, settings, host[2], host[3], state.n, float(host[4].max()), bool(host[1].all()))
         self.temperature = float(host[4].mean())
 
+    def _snapshot(self, r: int, out: dict[str, torch.Tensor], largest: float, step: int) -> ase.Atoms:
+        """Replica r now, with its energy, forces and uncertainties (the uncertain-frames file)."""
+        k, n = self.state.k, self.state.n
+        snap = self.atoms.copy()
+        snap.positions = self.state.pos.view(k, n, 3)[r].cpu().numpy()
+        snap.set_momenta(self.state.mom.view(k, n, 3)[r].cpu().numpy())
+        snap.info.update(replica=r, md_step=step, max_forces_uncertainty=largest,
+                         energy_uncertainty=float(out["energy_uncertainty"][r]))
+        snap.arrays["forces_uncertainty"] = out["forces_uncertainty"].view(k, n)[r].cpu().numpy()
+        snap.calc = SinglePointCalculator(snap, energy=float(out["energy"][r]),
+                                          forces=out["forces"].view(k, n, 3)[r].cpu().numpy())
+        return snap
+
     def _write(self, step: int, out: dict[str, torch.Tensor], ekin: torch.Tensor, etot: torch.Tensor,
-               temps: torch.Tensor) -> None:
+               temps: torch.Tensor, largest: torch.Tensor | None = None) -> None:
         state, k, n = self.state, self.state.k, self.state.n
         host = {"etot": etot.cpu().numpy(), "ekin": ekin.cpu().numpy(), "t": temps.cpu().numpy(),
                 "e": out["energy"].cpu().numpy(), "pos": state.pos.view(k, n, 3).cpu().numpy(),
                 "mom": state.mom.view(k, n, 3).cpu().numpy(), "f": out["forces"].view(k, n, 3).cpu().numpy()}
         stress = out["stress"].cpu().numpy() if "stress" in out else None
+        worst = largest.cpu().numpy() if largest is not None else None
+        if worst is not None:
+            self.watch.largest = max(self.watch.largest, float(worst.max()))
         volume = abs(np.linalg.det(self.system.cell))
         masses = self.atoms.get_masses()[:, None]
         for r in range(k):
@@ -220,6 +259,8 @@ class _Recorder:
             if self.bulk:  # ASE's ideal-gas term: sum(p p^T / m) / V
                 kinetic = np.einsum("ni,nj->ij", host["mom"][r] / masses, host["mom"][r]) / volume
                 row += [float(np.trace(kinetic - stress[r])) / 3 / units.GPa, volume]
+            if worst is not None:
+                row.append(float(worst[r]))
             self.log.row(row, self.formats)
         for r, writer in enumerate(self.writers):
             snap = self.atoms.copy()
@@ -269,7 +310,8 @@ def run_replicas(engine: ForceField, atoms: ase.Atoms, settings: MDSettings, k: 
             progress.update(step, recorder.temperature)
     except (MDInstabilityError, FloatingPointError, AtomsTooCloseError) as err:
         kept = f"; trajectories so far kept in {', '.join(recorder.paths)}" if recorder.paths else ""
-        raise MDInstabilityError(f"{err} (stopped after step {step} of {settings.steps}{kept})") from err
+        cls = UncertaintyExceededError if isinstance(err, UncertaintyExceededError) else MDInstabilityError
+        raise cls(f"{err} (stopped after step {step} of {settings.steps}{kept})") from err
     finally:
         progress.close()
         recorder.close()
@@ -282,4 +324,5 @@ def run_replicas(engine: ForceField, atoms: ase.Atoms, settings: MDSettings, k: 
         "positions": state.pos.view(k, n, 3).cpu().numpy(),
         "velocities": (state.mom / state.masses).view(k, n, 3).cpu().numpy(),
         "neighbor_builds": system.builds,
+        **(recorder.watch.summary() if recorder.uncertain else {}),
     }

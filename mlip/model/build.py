@@ -119,6 +119,7 @@ def build_model(model_config: dict[str, Any], statistics: ModelStatistics, prepa
         avg_num_neighbors=s.avg_num_neighbors, repulsion=model_config.get("repulsion"),
         baseline=baseline,
         learn_shift=baseline != "none" if learn_shift is None else bool(learn_shift),
+        uncertainty=model_config.get("uncertainty"),
     )
     rep = potential.repulsion
     if rep is not None and rep.reference == "data" and s.closest_pairs is not None:

@@ -72,6 +72,7 @@ def model_metadata(potential: Potential, model_config: dict[str, Any], avg_num_n
         # what the potential is, whatever the caller's config says
         "model_config": {**model_config, "baseline": potential.baseline, "heads": potential.heads,
                          "learn_shift": potential.learn_shift,
+                         "uncertainty": None if potential.uncertainty is None else potential.uncertainty.settings(),
                          "repulsion": None if potential.repulsion is None else potential.repulsion.settings()},
         "atomic_numbers": list(potential.atomic_numbers),
         "e0s": potential.e0s.double().tolist(),
@@ -89,6 +90,11 @@ def save_model(path: str | Path, potential: Potential, model_config: dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = model_metadata(potential, model_config, avg_num_neighbors)
     payload["state_dict"] = {k: v.detach().cpu() for k, v in potential.state_dict().items()}
+    return _save_atomically(payload, path)
+
+
+def _save_atomically(payload: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` into a temporary name beside ``path``, then rename: no half-written file."""
     tmp = path.with_name(path.name + f".partial-{os.getpid()}")
     try:
         torch.save(payload, tmp)
@@ -114,6 +120,9 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling refusal is a user error
         raise ValueError(f"{path} is not a loadable mlip model file: {err}") from err
+    if isinstance(payload, dict) and payload.get("format") == COMMITTEE_FORMAT:
+        raise ValueError(f"{path} is a committee of {len(payload.get('members', []))} models, not "
+                         "one model: the engine (ForceField, calculator, md, eval) takes it")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an mlip model file (format tag missing)")
     version = payload.get("format_version")
@@ -141,6 +150,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         dtype: float32/float64; default: the dtype it was saved in.
     """
     payload = read_model_file(path)
+    return _build(payload, device, dtype)
+
+
+def _build(payload: dict[str, Any], device: str | torch.device, dtype: torch.dtype | None) -> Potential:
     statistics = ModelStatistics.from_dict(payload)  # the core's radii come with the state
     with torch.random.fork_rng(devices=[]):  # the throw-away initial weights draw numbers
         potential = build_model(payload["model_config"], statistics, prepare=False)
@@ -148,3 +161,56 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     # round them), then cast.
     potential.load_state_dict(payload["state_dict"])
     return potential.to(device=device, dtype=dtype).eval()
+
+
+COMMITTEE_FORMAT = "mlip-committee"
+
+
+def save_committee(path: str | Path, members: list[str | Path], alpha: tuple[float, float] = (1.0, 1.0),
+                   info: dict[str, Any] | None = None) -> Path:
+    """Write a committee file: the member model files' payloads in one file (each loadable
+    with ``weights_only=True``) and the committee's calibration (alpha_E, alpha_F: the
+    factors on its standard deviations), written atomically.
+
+    Raises:
+        ValueError: fewer than two members, or members with different elements or cutoffs.
+    """
+    payloads = [read_model_file(m) for m in members]
+    if len(payloads) < 2:
+        raise ValueError("a committee needs at least two member models")
+    for m, p in zip(members[1:], payloads[1:], strict=True):
+        if p["atomic_numbers"] != payloads[0]["atomic_numbers"] or p["cutoff"] != payloads[0]["cutoff"]:
+            raise ValueError(f"{m}: elements {p['atomic_numbers']} / cutoff {p['cutoff']} differ from "
+                             f"{members[0]}'s: committee members share elements and cutoff")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": COMMITTEE_FORMAT, "format_version": 1, "mlip_version": __version__,
+               "members": payloads, "alpha": [float(a) for a in alpha], "info": info or {}}
+    return _save_atomically(payload, path)
+
+
+def is_committee_file(path: str | Path) -> bool:
+    """Whether ``path`` is a committee file (read safely)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not loadable: not a committee file
+        return False
+    return isinstance(payload, dict) and payload.get("format") == COMMITTEE_FORMAT
+
+
+def load_committee(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                   ) -> tuple[list[Potential], tuple[float, float]]:
+    """The members of a committee file (:func:`save_committee`) and its calibration."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != COMMITTEE_FORMAT:
+        raise ValueError(f"{path} is not an mlip committee file")
+    if payload.get("format_version") != 1:
+        raise ValueError(f"{path}: unknown committee format version {payload.get('format_version')!r}")
+    members = []
+    for k, member in enumerate(payload["members"]):
+        if not isinstance(member, dict) or member.get("format") != FORMAT:
+            raise ValueError(f"{path}: member {k} is not an mlip model")
+        members.append(_build(member, device, dtype))
+    alpha = payload.get("alpha", [1.0, 1.0])
+    return members, (float(alpha[0]), float(alpha[1]))

@@ -48,6 +48,7 @@ from mlip.data.structure import MAX_Z
 from mlip.graph.build import as_batch_dict
 from mlip.graph.edges import edge_vectors
 from mlip.model.repulsion import ZBLRepulsion
+from mlip.model.uncertainty import LastLayerUncertainty
 from mlip.ops.buffers import exact, register_exact
 from mlip.ops.radial import PolynomialCutoff
 from mlip.ops.radial_table import RadialTable
@@ -83,6 +84,10 @@ class Potential(nn.Module):
             its own E0s (``e0s`` then one row per head) and lone-atom reference; a batch
             picks each structure's head with HEAD (B,) (absent: the first). Every adapter
             takes single-head files: :func:`mlip.model.heads.select_head` makes one.
+        uncertainty: the settings of a fitted last-layer uncertainty
+            (:class:`~mlip.model.uncertainty.LastLayerUncertainty`; its constants come with
+            the state dict), or None. With one, an eval-mode forward also returns
+            ENERGY_UNCERTAINTY (B,) [eV] and FORCES_UNCERTAINTY (N,) [eV/Å].
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class Potential(nn.Module):
         baseline: str = "none",
         learn_shift: bool = False,
         heads: list[str] | None = None,
+        uncertainty: dict | None = None,
     ) -> None:
         super().__init__()
         self.heads = list(heads) if heads else None
@@ -147,6 +153,11 @@ class Potential(nn.Module):
         self.repulsion = None if repulsion is None else ZBLRepulsion(self.atomic_numbers, **repulsion)
         self._reference: tuple[tuple, torch.Tensor] | None = None
         self._frozen_reference: torch.Tensor | None = None
+        self.uncertainty: LastLayerUncertainty | None = None
+        if uncertainty is not None:
+            if uncertainty.get("method") != "llpr":
+                raise ValueError(f"unknown uncertainty method {uncertainty.get('method')!r} (llpr)")
+            self.uncertainty = LastLayerUncertainty(int(uncertainty["features"]), len(self.atomic_numbers))
 
     @property
     def e0s(self) -> torch.Tensor:
@@ -237,11 +248,11 @@ class Potential(nn.Module):
             return self._frozen_reference
         params = list(self.backbone.parameters())
         if self.training and torch.is_grad_enabled():
-            return self._lone_atom_pass(params[0])
+            return self._lone_atom_pass()
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if self._reference is None or self._reference[0] != key:
             with torch.no_grad():
-                self._reference = (key, self._lone_atom_pass(params[0]).detach())
+                self._reference = (key, self._lone_atom_pass().detach())
         return self._reference[1]
 
     def freeze_reference(self) -> None:
@@ -286,15 +297,20 @@ class Potential(nn.Module):
                 return table
         return None
 
-    def _lone_atom_pass(self, like: torch.Tensor) -> torch.Tensor:
+    def lone_atoms(self) -> dict[str, torch.Tensor]:
+        """The backbone's input for one lone atom (no edges) of each element, in species
+        order, on the backbone's device and dtype."""
+        like = next(self.backbone.parameters())
         num = len(self.atomic_numbers)
-        lone = {
+        return {
             keys.SPECIES: torch.arange(num, device=like.device),
             keys.EDGE_INDEX: torch.zeros(2, 0, dtype=torch.long, device=like.device),
             keys.EDGE_VECTORS: like.new_zeros(0, 3),
             keys.BATCH: torch.arange(num, device=like.device),
         }
-        return self.backbone(lone)[keys.NODE_ENERGIES]
+
+    def _lone_atom_pass(self) -> torch.Tensor:
+        return self.backbone(self.lone_atoms())[keys.NODE_ENERGIES]
 
     # -- energy, forces, stress -------------------------------------------------------------------
     def atomic_energies(self, data: dict[str, torch.Tensor], species: torch.Tensor,
@@ -387,6 +403,9 @@ class Potential(nn.Module):
         energy = scatter_sum(atomic, batch, num_graphs)  # float64
         result = {k: v for k, v in out.items() if k not in (keys.NODE_ENERGIES, keys.DIRECT_FORCES)}
         result.update({keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic})
+        if self.uncertainty is not None and not self.training and keys.READOUT_FEATURES in out:
+            result[keys.ENERGY_UNCERTAINTY], result[keys.FORCES_UNCERTAINTY] = self.uncertainty(
+                out[keys.READOUT_FEATURES].detach(), species, batch, num_graphs, self.scale)
         if compute_forces and direct:
             result[keys.FORCES] = self.scale * out[keys.DIRECT_FORCES]
         wrt = ([pos] if compute_forces and not direct else []) + ([strain] if compute_stress else [])

@@ -47,3 +47,22 @@ class MLP(nn.Module):
                 w = w.unflatten(1, output_shape).transpose(1, 2).flatten(1)
             x = x @ w
         return x
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output (computed exactly as :meth:`forward`) and the last layer's scaled input
+        g, with output = g @ weights[-1] up to rounding (the features of a last-layer
+        uncertainty estimate, :mod:`mlip.model.uncertainty`).
+
+        Returns:
+            (..., sizes[-1]) output and (..., sizes[-2]) features.
+        """
+        last = len(self.weights) - 1
+        features = x
+        for k, w in enumerate(self.weights):
+            if k:
+                x = self.act(x)
+            scale = 1.0 / math.sqrt(w.shape[0])
+            if k == last:
+                features = x * scale
+            x = x @ (w * scale)
+        return x, features

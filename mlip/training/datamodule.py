@@ -71,7 +71,7 @@ class PotentialDataModule(L.LightningDataModule):
                 len(full),
                 val_fraction=None if size is not None else cfg["val_fraction"],
                 val_size=size,
-                seed=self.config["seed"],
+                seed=self.config["seed"] if cfg["split_seed"] is None else cfg["split_seed"],
             )
             self.val_set = Subset(full, val_idx.tolist())
         if cfg["max_train"] is not None:

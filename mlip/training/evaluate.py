@@ -28,6 +28,7 @@ def evaluate_file(
     keep_predictions: bool = False,
     progress: bool = True,
     compile: bool = False,
+    uncertainty: bool = False,
 ) -> dict[str, Any]:
     """Errors of a model on one file, batch by batch through the engine.
 
@@ -39,8 +40,13 @@ def evaluate_file(
         dict with 'file', 'structures', 'atoms' and e_mae/e_rmse [meV],
         e_mae_per_atom/e_rmse_per_atom [meV/atom], f_mae/f_rmse [meV/Å] (when the file has
         forces), s_mae/s_rmse [meV/Å^3] (when it has stress); with ``keep_predictions`` also
-        'predictions' (numpy arrays of reference and predicted energies and forces).
+        'predictions' (numpy arrays of reference and predicted energies and forces); with
+        ``uncertainty`` (a model with an uncertainty, or a committee) 'uncertainty' (the
+        metrics of :func:`mlip.training.calibration.metrics`) and 'calibration' (the arrays
+        of :func:`mlip.training.calibration.collect`).
     """
+    from mlip.training import calibration
+
     if isinstance(model, ForceField):
         engine = model
     else:
@@ -58,6 +64,7 @@ def evaluate_file(
     )
     sums = None
     atoms = 0
+    record = calibration.new_record() if uncertainty else None
     kept: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("e_ref", "e_pred", "n", "f_ref", "f_pred")}
     for batch in tqdm(loader, desc=f"eval {Path(path).name}", disable=not progress, leave=False):
@@ -66,6 +73,8 @@ def evaluate_file(
         s = metric_sums(out, data)
         sums = s if sums is None else sums + s
         atoms += int(data[keys.NUM_ATOMS].sum())
+        if record is not None:
+            calibration.accumulate(record, out, data)
         if keep_predictions:
             kept["e_ref"].append(data[keys.ENERGY].cpu().double().numpy())
             kept["e_pred"].append(out[keys.ENERGY].cpu().double().numpy())
@@ -78,6 +87,9 @@ def evaluate_file(
         result.update(summarize(sums))
     if keep_predictions:
         result["predictions"] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in kept.items()}
+    if record is not None:
+        result["calibration"] = calibration.finish(record)
+        result["uncertainty"] = calibration.metrics(result["calibration"])
     return result
 
 

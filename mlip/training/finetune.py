@@ -192,6 +192,8 @@ def load_weights(potential: Potential, state: dict[str, torch.Tensor]) -> dict[s
             the element count (not the same architecture).
     """
     own = potential.state_dict()
+    # a fitted uncertainty belongs to the file's weights: refit after fine-tuning
+    state = {k: v for k, v in state.items() if not k.startswith("uncertainty.")}
     missing = sorted(set(own) - set(state) - set(_NOT_COPIED))
     extra = sorted(set(state) - set(own))
     if missing or extra:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
@@ -136,7 +137,86 @@ def train(config: dict[str, Any] | str | Path, resume: bool = False,
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     with process_state_restored():
+        if not isinstance(config, dict):
+            from mlip.training.config import load_config
+
+            config = load_config(config, overrides)
+        if config["training"]["committee"] > 1:
+            return _train_committee(config, resume, overwrite)
         return _train(config, resume, overrides, overwrite)
+
+
+def member_config(config: dict[str, Any], k: int) -> dict[str, Any]:
+    """Committee member k's run: seed ``seed + k``, the committee's split (``data.split_seed``,
+    default the committee's seed), folder ``<run>/member_<k>``, no test files."""
+    member = copy.deepcopy(config)
+    member["training"]["committee"] = 1
+    member["seed"] = int(config["seed"]) + k
+    if member["data"]["split_seed"] is None:
+        member["data"]["split_seed"] = int(config["seed"])
+    member["run_name"] = f"{config['run_name']}/member_{k}"
+    member["data"]["test"] = []
+    return member
+
+
+def _train_committee(config: dict[str, Any], resume: bool, overwrite: bool) -> dict[str, Any]:
+    """``training.committee`` = K > 1: K runs (:func:`member_config`), then one committee file
+    ``<run>/committee.pt`` calibrated on the shared validation split, and the committee's
+    test errors and calibration. A finished member is kept on ``--resume``."""
+    from mlip.graph.build import as_batch_dict
+    from mlip.inference.engine import ForceField
+    from mlip.model.io import save_committee
+    from mlip.training.calibration import calibrate_committee
+
+    count = int(config["training"]["committee"])
+    run_dir = run_dir_of(config)
+    t0 = time.time()
+    paths, members = [], []
+    for k in range(count):
+        member = member_config(config, k)
+        member_dir = run_dir_of(member)
+        paths.append(member_dir / "model.pt")
+        if resume and (member_dir / "summary.json").exists():
+            print(f"mlip train: committee member {k + 1}/{count} already trained ({member_dir})", flush=True)
+            continue
+        print(f"mlip train: committee member {k + 1}/{count} (seed {member['seed']}) in {member_dir}", flush=True)
+        member_resume = resume and (member_dir / "checkpoints" / "last.ckpt").exists()
+        members.append(_train(member, member_resume, (), overwrite))
+    if global_rank() != 0:
+        return {"members": members}
+    with open(run_dir / "config.yaml", "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    engine = ForceField([str(p) for p in paths], device="cpu")
+    dm = PotentialDataModule(member_config(config, 0))
+    dm.prepare()
+    val = ({k: v for k, v in as_batch_dict(b).items()} for b in dm.val_dataloader())
+    alpha = calibrate_committee(engine, val)
+    committee = save_committee(run_dir / "committee.pt", paths, alpha,
+                               {"seeds": [int(config["seed"]) + k for k in range(count)]})
+    print(f"mlip train: committee of {count} in {committee}: calibrated on {len(dm.val_set)} "
+          f"validation structures, alpha_E {alpha[0]:.3g}, alpha_F {alpha[1]:.3g}", flush=True)
+    engine.committee_alpha = alpha
+    results = []
+    mapping = {k: config["data"][k] for k in ("energy_key", "forces_key", "stress_key")}
+    for path in config["data"]["test"]:
+        r = evaluate_file(engine, path, config["data"]["val_batch_size"], mapping,
+                          progress=sys.stderr.isatty(), uncertainty=True)
+        r.pop("calibration")
+        results.append(r)
+    if results:
+        from mlip.training.calibration import format_metrics
+
+        print(format_table(results))
+        print(format_metrics(results))
+    summary = {"run_dir": str(run_dir), "committee": str(committee), "members": [str(p) for p in paths],
+               "alpha": list(alpha), "test": results, "total_seconds": time.time() - t0}
+    with open(run_dir / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"mlip train: committee done in {summary['total_seconds']:.0f} s; committee file: {committee}")
+    for r in results:
+        if "f_mae" in r:
+            print(f"held-out force MAE of the committee mean on {Path(r['file']).name}: {r['f_mae']:.2f} meV/Å")
+    return summary
 
 
 def _remove_run(run_dir: Path) -> None:
@@ -173,6 +253,33 @@ def _replay(config: dict[str, Any], module: PotentialModule, dm: PotentialDataMo
     where = f", on head {settings['head']}" if head is not None else ""
     return (f"{len(dataset)} frames of {', '.join(settings['file'])} ({settings['select']}, "
             f"{labels}, weight {settings['weight']:g}{where})")
+
+
+def fit_uncertainty(model_path: Path, dm: PotentialDataModule, config: dict[str, Any],
+                    avg_num_neighbors: float) -> dict[str, Any]:
+    """Fit the model file's last-layer uncertainty (:func:`mlip.model.uncertainty.fit_last_layer`)
+    on the run's training split, calibrate it on its validation split, and rewrite the file.
+    Returns the fit's report (or {"skipped": reason} for a backbone without readout features)."""
+    from mlip.graph.build import as_batch_dict
+    from mlip.model.uncertainty import fit_last_layer
+
+    model = load_model(model_path)
+    if not model.backbone.outputs.readout_features:
+        return {"skipped": f"{type(model.backbone).__name__} declares no readout features"}
+    device = next(model.parameters()).device
+
+    def batches(loader):
+        for batch in loader:
+            yield {k: v.to(device) for k, v in as_batch_dict(batch).items()}
+
+    start = time.time()
+    report = fit_last_layer(model, batches(dm.train_dataloader()), batches(dm.val_dataloader()))
+    save_model(model_path, model, config["model"], avg_num_neighbors)
+    report["seconds"] = time.time() - start
+    print(f"mlip train: uncertainty (llpr) fitted on {report['train_atoms']} training atoms, calibrated "
+          f"on {report['val_structures']} validation structures: alpha_E {report['alpha_energy']:.3g}, "
+          f"alpha_F {report['alpha_forces']:.3g} ({report['seconds']:.1f} s)", flush=True)
+    return report
 
 
 def _train(config: dict[str, Any] | str | Path, resume: bool,
@@ -277,6 +384,8 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
               f"{heads[0]} head for every adapter (another: mlip export head {summary['model']} "
               f"--head NAME -o OUT.pt)")
     summary["best_checkpoint"] = best
+    if config["training"]["uncertainty"] == "llpr" and not heads:
+        summary["uncertainty"] = fit_uncertainty(model_path, dm, config, module.data_info["avg_num_neighbors"])
     results = []
     if config["data"]["test"]:
         model = load_model(model_path, dtype=getattr(torch, config["model"]["dtype"]))

@@ -12,7 +12,7 @@ the run's config.yaml and into Lightning checkpoints as is.
 Layout (``mlip train`` overrides use the same dotted keys)::
 
     run_name, seed, output_dir
-    data:      train, val, val_fraction, val_size, max_train, test, e0s, cutoff, batch_size,
+    data:      train, val, val_fraction, val_size, max_train, split_seed, test, e0s, cutoff, batch_size,
                max_atoms_per_batch, val_batch_size, num_workers, energy_key, forces_key,
                stress_key, allow_missing_labels, extra [{file, weight}]
     model:     dtype, backbone {class_path, init_args}, repulsion {inner, outer, reference}
@@ -28,6 +28,7 @@ Layout (``mlip train`` overrides use the same dotted keys)::
       ema:       decay
       trainer:   accelerator, devices, num_nodes, strategy, threads, log_every_n_steps,
                  check_val_every_n_epoch, enable_progress_bar
+      freeze, uncertainty, committee
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ class DataConfig:
     val_fraction: float = option(0.1, FRACTION)
     val_size: int | None = option(None, COUNT | NONE)  # absolute number (wins over fraction)
     max_train: int | None = option(None, COUNT | NONE)  # cap the training split
+    # seed of the train/val split; null: the run's seed (committee members share one split)
+    split_seed: int | None = option(None, Check("an integer or null", lambda v: v is None or _is_int(v)))
     test: list = option([], FILES)  # held-out files evaluated at the end of training
     # "least_squares", an isolated-atoms file, or with model.init_from "foundation" (the
     # file's) or "refit" (the file's plus a least-squares fit of the new data's residuals)
@@ -314,6 +317,12 @@ class TrainingConfig:
     trainer: TrainerConfig = section(TrainerConfig)
     # backbone parameter groups kept fixed (fine-tuning): embedding, layers.0, readouts, ...
     freeze: list = option([], NAMES)
+    # the model's own uncertainty, fitted after training (mlip.model.uncertainty): "llpr"
+    # (last-layer prediction rigidity, calibrated on the validation split) or "none"
+    uncertainty: str = option("llpr", choice("llpr", "none"))
+    # K > 1: train K models (seeds seed .. seed + K - 1, one split) and write a calibrated
+    # committee file beside them (mlip train --committee K)
+    committee: int = option(1, COUNT)
 
 
 @dataclass

@@ -20,9 +20,10 @@ SNAPSHOT = json.loads((Path(__file__).parent / "data" / "resolved_configs_v1.jso
 CHANGED_DEFAULTS = {("model", "baseline"): ("per_element", "none"),
                     ("model", "learn_shift"): (True, None)}
 ADDED = {("data", "extra"): [], ("model", "init_from"): None, ("model", "heads"): None,
+         ("data", "split_seed"): None,
          ("data", "replay"): {"file": [], "count": None, "fraction": None, "select": "random",
                               "weight": 1.0, "pseudolabels": False, "head": None}}
-ADDED_TRAINING = {"freeze": []}
+ADDED_TRAINING = {"freeze": [], "uncertainty": "llpr", "committee": 1}
 
 
 def nested(flat: dict) -> dict:

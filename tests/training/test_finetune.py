@@ -64,6 +64,9 @@ def test_start_from_copies_every_tensor_and_predicts_the_same(tiny_data, write_c
     assert report["tensors"]["extended"] == 0
     original = load_model(pretrained)
     for name, tensor in original.state_dict().items():
+        if name.startswith("uncertainty."):  # fitted to the file's weights: refit after the run
+            assert module.model.uncertainty is None
+            continue
         assert torch.equal(module.model.state_dict()[name], tensor), name
     frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":3")
     data = atoms_to_batch(frames, 4.0, dtype=torch.float64)
@@ -95,6 +98,8 @@ def test_new_element_gets_new_rows_and_old_predictions_stay(tiny_data, write_con
     original = load_model(pretrained)
     grown = 0
     for name, old in original.state_dict().items():
+        if name.startswith("uncertainty."):
+            continue
         new = module.model.state_dict()[name]
         if name in ("z_to_species", "e0s_f64bits") or new.shape == old.shape:
             continue

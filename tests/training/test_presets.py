@@ -172,9 +172,16 @@ def test_bad_preset_contents_are_refused(preset_dir):
 
 def test_run_configs_use_presets():
     """Every run config under configs/ picks its backbone through a preset, except a
-    fine-tuning config, which names none (the architecture comes from the model file)."""
+    fine-tuning config, which names none (the architecture comes from the model file); an
+    active-learning loop config (it names a train_config) resolves as one."""
+    from mlip.training.active import load_learn_config
+
     for path in sorted(CONFIGS.glob("*.yaml")):
-        model = yaml.safe_load(path.read_text())["model"]
+        user = yaml.safe_load(path.read_text())
+        if "train_config" in user:
+            assert (REPO_ROOT / load_learn_config(path)["train_config"]).is_file(), path
+            continue
+        model = user["model"]
         if "init_from" in model:
             assert "backbone" not in model, path
             with pytest.raises(ValueError, match="needs a model to start from"):

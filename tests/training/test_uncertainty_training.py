@@ -1,0 +1,99 @@
+"""Uncertainty from training: every run fits and calibrates its last-layer estimate into the
+model file; ``--committee K`` trains K members on one split, writes one calibrated committee
+file, resumes without retraining finished members; ``mlip eval --uncertainty`` reports
+and plots the calibration; the torch-sim model passes the uncertainties on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+
+from mlip.cli.main import main
+from mlip.model.io import read_model_file
+
+
+def test_a_run_fits_its_uncertainty_into_the_model_file(tiny_data, write_config, capsys):
+    assert main(["train", "--config", str(write_config(tiny_data))]) == 0
+    out = capsys.readouterr().out
+    assert "uncertainty (llpr) fitted on" in out
+    run = tiny_data / "runs" / "tiny"
+    payload = read_model_file(run / "model.pt")
+    assert payload["model_config"]["uncertainty"]["method"] == "llpr"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["uncertainty"]["val_structures"] == 6 and summary["uncertainty"]["alpha_forces"] > 0
+    # eval --uncertainty: metrics table, JSON and a calibration plot
+    code = main(["eval", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"), "--uncertainty",
+                 "--plots", str(tiny_data / "plots"), "--json", str(tiny_data / "e.json")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "rho F/str" in printed and "miscal F" in printed
+    assert (tiny_data / "plots" / "acac_20_calibration.png").stat().st_size > 1000
+    metrics = json.loads((tiny_data / "e.json").read_text())["results"][0]["uncertainty"]
+    assert -1 <= metrics["spearman_forces_structure"] <= 1 and 0 <= metrics["miscalibration_forces"] <= 0.5
+
+
+def test_no_uncertainty_is_a_one_line_error_in_eval(tiny_data, write_config, capsys):
+    cfg = write_config(tiny_data)
+    assert main(["train", "--config", str(cfg), "training.uncertainty=none"]) == 0
+    model = tiny_data / "runs" / "tiny" / "model.pt"
+    assert read_model_file(model)["model_config"]["uncertainty"] is None
+    capsys.readouterr()
+    assert main(["eval", str(model), str(tiny_data / "tiny" / "acac_20.xyz"), "--uncertainty"]) == 1
+    err = capsys.readouterr().err
+    assert "has no uncertainty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_committee_trains_members_on_one_split_and_resumes(tiny_data, write_config, capsys):
+    cfg = write_config(tiny_data)
+    assert main(["train", "--config", str(cfg), "--committee", "2"]) == 0
+    out = capsys.readouterr().out
+    run = tiny_data / "runs" / "tiny"
+    assert "committee of 2" in out and "rho F/str" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["alpha"]) == 2 and all(a > 0 for a in summary["alpha"])
+    seeds, vals = [], []
+    for k in range(2):
+        member = json.loads((run / f"member_{k}" / "summary.json").read_text())
+        assert Path(member["model"]).exists()
+        import yaml
+
+        config = yaml.safe_load((run / f"member_{k}" / "config.yaml").read_text())
+        seeds.append(config["seed"])
+        vals.append(config["data"]["split_seed"])
+    assert seeds == [1, 2] and vals == [1, 1]
+    # the committee file drives the calculator: mean energy, uncertainties in results
+    from mlip.integrations.ase import MLIPCalculator
+
+    atoms = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", 0)
+    atoms.calc = MLIPCalculator(str(run / "committee.pt"), device="cpu")
+    energy = atoms.get_potential_energy()
+    members = []
+    for k in range(2):
+        a = atoms.copy()
+        a.calc = MLIPCalculator(str(run / f"member_{k}" / "model.pt"), device="cpu")
+        members.append(a.get_potential_energy())
+    assert energy == pytest.approx(sum(members) / 2, abs=1e-9)
+    assert atoms.calc.results["energy_uncertainty"] == pytest.approx(
+        summary["alpha"][0] * abs(members[0] - members[1]) / 2 ** 0.5, rel=1e-6)
+    # resume: finished members are not retrained
+    assert main(["train", "--config", str(cfg), "--committee", "2", "--resume"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("already trained") == 2
+
+
+def test_torchsim_model_passes_uncertainties_on(tiny_data, write_config):
+    ts = pytest.importorskip("torch_sim")
+    from mlip.integrations.torchsim import MLIPModel
+
+    assert main(["train", "--config", str(write_config(tiny_data))]) == 0
+    model = MLIPModel(str(tiny_data / "runs" / "tiny" / "model.pt"), device="cpu", dtype=torch.float64)
+    frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":3")
+    state = ts.initialize_state(frames, device=torch.device("cpu"), dtype=torch.float64)
+    out = model(state)
+    assert out["forces_uncertainty"].shape == (45,) and out["energy_uncertainty"].shape == (3,)
+    largest = model.max_forces_uncertainty(state)
+    torch.testing.assert_close(largest, out["forces_uncertainty"].view(3, 15).amax(dim=1))
