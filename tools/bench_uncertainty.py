@@ -5,8 +5,8 @@ For every model file (each with its fitted LLPR) and every committee file:
 ``mlip eval --uncertainty``'s metrics on each test file (Spearman of predicted and actual
 per-structure force RMS error, per-atom force error, per-structure energy error;
 miscalibration areas; predicted over actual RMS error), and the cost of a force call on
-one molecule and on a batch, with and without the uncertainty, eager, median of
-``--repeats`` timed calls after warm-up (min-max spread reported):
+one molecule and on a batch, with and without the uncertainty (called in turn), eager,
+median of ``--repeats`` timed calls after warm-up (min-max spread reported):
 
     python tools/bench_uncertainty.py --models runs/qs_committee/member_*/model.pt \
         --committees runs/qs_committee/committee.pt \
@@ -26,16 +26,20 @@ import numpy as np
 import torch
 
 
-def timed(engine, data, repeats: int) -> dict:
-    for _ in range(3):
-        engine.evaluate(data)
-    times = []
+def timed(engines: list, data, repeats: int) -> list[dict]:
+    """Median, min and max time of a force call of each engine, the engines called in turn
+    (so a load that comes and goes during the run falls on all of them alike)."""
+    for engine in engines:
+        for _ in range(3):
+            engine.evaluate(data)
+    times = [[] for _ in engines]
     for _ in range(repeats):
-        t = time.perf_counter()
-        engine.evaluate(data)
-        times.append(time.perf_counter() - t)
-    return {"median_ms": 1000 * float(np.median(times)), "min_ms": 1000 * float(np.min(times)),
-            "max_ms": 1000 * float(np.max(times))}
+        for k, engine in enumerate(engines):
+            t = time.perf_counter()
+            engine.evaluate(data)
+            times[k].append(time.perf_counter() - t)
+    return [{"median_ms": 1000 * float(np.median(t)), "min_ms": 1000 * float(np.min(t)),
+             "max_ms": 1000 * float(np.max(t))} for t in times]
 
 
 def main() -> None:
@@ -69,14 +73,15 @@ def main() -> None:
             dtype = engine.dtype
             one = atoms_to_batch(frames[:1], engine.cutoff, dtype=dtype)
             batch = atoms_to_batch(frames, engine.cutoff, dtype=dtype)
-            entry["cost"] = {"one_molecule": timed(engine, one, args.repeats),
-                             "batch_20": timed(engine, batch, args.repeats)}
-            if kind == "llpr":  # the same weights without the uncertainty
+            engines = [engine]
+            if kind == "llpr":  # the same weights without the uncertainty, timed in turn
                 plain = copy.deepcopy(load_model(path))
                 plain.uncertainty = None
-                bare = ForceField(plain, device="cpu")
-                entry["cost_without"] = {"one_molecule": timed(bare, one, args.repeats),
-                                         "batch_20": timed(bare, batch, args.repeats)}
+                engines.append(ForceField(plain, device="cpu"))
+            singles, batches = timed(engines, one, args.repeats), timed(engines, batch, args.repeats)
+            entry["cost"] = {"one_molecule": singles[0], "batch_20": batches[0]}
+            if kind == "llpr":
+                entry["cost_without"] = {"one_molecule": singles[1], "batch_20": batches[1]}
             results["entries"].append(entry)
             print(f"{kind:<10} {Path(path).parent.name}/{Path(path).name}", flush=True)
             for t in entry["tests"]:

@@ -238,3 +238,43 @@ def test_bad_setups_stop_with_one_line(problem, plugin, models, bundled_acac, tm
         run_lammps(atoms, package, plugin, elements, commands=commands)
     message = str(info.value)
     assert message.startswith("ERROR: ") and expected in message and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def uncertain_package(tmp_path_factory, acac_backbone, bundled_acac):
+    """(model file, package) of the random acac model with a fitted last-layer uncertainty."""
+    from mlip.graph.build import atoms_to_batch
+    from mlip.integrations.lammps.export import export_lammps
+    from mlip.model.io import load_model
+    from mlip.model.uncertainty import fit_last_layer
+
+    folder = tmp_path_factory.mktemp("lammps-uncertain")
+    plain = _model_file(folder, "plain", acac_backbone, [1, 6, 8], [-13.6, -1029.0, -2041.0], 5.0, 2, 4)
+    model = load_model(plain)
+    frames = ase.io.read(bundled_acac / "train_300K.xyz", ":20")
+    batches = [atoms_to_batch(frames[k:k + 5], 5.0, dtype=torch.float64) for k in range(0, 20, 5)]
+    fit_last_layer(model, batches[:3], batches[3:])
+    config = {"backbone": {**acac_backbone, "init_args": {**acac_backbone["init_args"], "num_layers": 2}}}
+    path = save_model(folder / "uncertain.pt", model, config, 12.0)
+    return path, export_lammps(path, folder / "uncertain.pt2").path
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_per_atom_force_uncertainty_reaches_lammps(ranks, plugin, uncertain_package, bundled_acac):
+    """`fix pair ... mlip uncertainty` gives the calculator's per-atom force uncertainty, on
+    one rank and split over two (every rank computes its own atoms)."""
+    model_file, package = uncertain_package
+    atoms = _acac_box(bundled_acac)
+    result = run_lammps(atoms, package, plugin, ACAC, ranks=ranks,
+                        processors="2 1 1" if ranks == 2 else None, uncertainty=True)
+    calc = atoms.copy()
+    calc.calc = MLIPCalculator(str(model_file), dtype="float64")
+    calc.get_potential_energy()
+    expected = calc.calc.results["forces_uncertainty"]
+    assert expected.min() > 0
+    np.testing.assert_allclose(result.forces_uncertainty, expected, rtol=1e-8)
+
+
+def test_uncertainty_of_a_package_without_one_is_a_one_line_error(plugin, models, bundled_acac):
+    with pytest.raises(LammpsError, match="has no uncertainty"):
+        run_lammps(_molecule(bundled_acac), models["acac"][1], plugin, ACAC, uncertainty=True)

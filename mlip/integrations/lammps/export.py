@@ -25,7 +25,10 @@ Inputs of the package's function, in this order (the plugin's graph,
 Outputs:
     energy (1,) float64: sum of the local nodes' energies [eV];
     atomic energies (N,) float64 [eV] (meaningful for the local nodes);
-    dE/dvectors (E, 3) model dtype [eV/Å]: of the energy of all ranks together.
+    dE/dvectors (E, 3) model dtype [eV/Å]: of the energy of all ranks together;
+    for a model with a fitted uncertainty (metadata ``uncertainty: llpr``) also the per-node
+    force uncertainty (N,) model dtype [eV/Å] (meaningful for the local nodes), which the
+    plugin exposes to ``fix pair`` as the per-atom quantity ``uncertainty``.
 
 Sizes are dynamic (every count >= 2): the plugin puts two padding nodes joined by one
 padding pair first in every call, so a lone atom, an atom without neighbours or a rank
@@ -62,7 +65,7 @@ __all__ = ["PACKAGE_FORMAT", "METADATA_KEYS", "ExportError", "ExportReport", "La
 # Version of the package's calling convention; the plugin refuses any other.
 PACKAGE_FORMAT = 3
 METADATA_KEYS = ("mlip_lammps_format", "mlip_version", "elements", "cutoff", "hops",
-                 "exchange_width", "dtype", "device")
+                 "exchange_width", "dtype", "device", "uncertainty")
 
 
 class ExportError(RuntimeError):
@@ -105,7 +108,7 @@ class LammpsFunction(nn.Module):
 
     def forward(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
                 local: torch.Tensor, nodes: torch.Tensor, edges: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, ...]:
         vectors = vectors.detach().requires_grad_(True)
         data = {keys.EDGE_INDEX: edge_index, keys.BATCH: torch.zeros_like(species)}
         backbone = self.potential.backbone
@@ -121,13 +124,17 @@ class LammpsFunction(nn.Module):
             backbone.exchange = exchange
         try:
             sets = [(nodes, edges)] * hops if self.active else None
-            _, atomic = self.potential.atomic_energies(data, species, vectors, sets)
+            out, atomic = self.potential.atomic_energies(data, species, vectors, sets)
         finally:
             if hops > 1:
                 backbone.exchange = None
         energy = (atomic * local).sum().reshape(1)
         (grad,) = torch.autograd.grad(energy, [vectors])
-        return energy, atomic, grad
+        if self.potential.uncertainty is None:
+            return energy, atomic, grad
+        _, forces_uncertainty = self.potential.uncertainty(
+            out[keys.READOUT_FEATURES].detach(), species, data[keys.BATCH], 1, self.potential.scale)
+        return energy, atomic, grad, forces_uncertainty
 
 
 def example_graph(potential: nn.Module, dtype: torch.dtype, device: torch.device
@@ -179,6 +186,7 @@ def package_metadata(potential: nn.Module, dtype: torch.dtype, device: torch.dev
         "exchange_width": str(int(exchange_width)),
         "dtype": {torch.float32: "float32", torch.float64: "float64"}[dtype],
         "device": device.type,
+        "uncertainty": "none" if potential.uncertainty is None else "llpr",
     }
 
 

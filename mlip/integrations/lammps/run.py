@@ -130,12 +130,13 @@ class LammpsResult:
     stress: np.ndarray | None
     atom_virial_stress: np.ndarray | None  # the same from the summed per-atom virials
     log: str
+    forces_uncertainty: np.ndarray | None = None  # per atom [eV/Å], with ``uncertainty``
 
 
 def run_lammps(atoms: ase.Atoms, package: str | Path, plugin: str | Path, elements: list[str],
                ranks: int = 1, threads: int = 1, commands: str = "",
                processors: str | None = None, folder: str | Path | None = None,
-               timeout: float = 600) -> LammpsResult:
+               timeout: float = 600, uncertainty: bool = False) -> LammpsResult:
     """Evaluate (or run MD on) ``atoms`` with ``pair_style mlip`` in LAMMPS.
 
     Args:
@@ -151,6 +152,8 @@ def run_lammps(atoms: ase.Atoms, package: str | Path, plugin: str | Path, elemen
         folder: where to write the inputs and outputs (default: a temporary folder,
             removed afterwards).
         timeout: seconds.
+        uncertainty: also read the per-atom force uncertainty of a package whose model has
+            one (``fix unc all pair 1 mlip uncertainty 0``, dumped as ``f_unc``).
     """
     install = find_lammps()
     own = folder is None
@@ -171,13 +174,14 @@ def run_lammps(atoms: ase.Atoms, package: str | Path, plugin: str | Path, elemen
             "compute sa all stress/atom NULL virial",
             "compute sasum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]",
             "thermo_modify format float %.17g",
+            *(["fix unc all pair 1 mlip uncertainty 0"] if uncertainty else []),
             commands,
             # the results: one more evaluation at the final positions
             f"thermo_style custom {' '.join(RESULT_COLUMNS)}",
             "thermo_modify format float %.17g",
             "run 0",
-            "write_dump all custom forces.dump id fx fy fz c_pe modify sort id "
-            "format float %.17g",
+            f"write_dump all custom forces.dump id fx fy fz c_pe{' f_unc' if uncertainty else ''} "
+            "modify sort id format float %.17g",
         ]
         (folder / "in.lmp").write_text("\n".join(lines) + "\n")
         command = [str(install.lmp), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
@@ -238,6 +242,7 @@ def _parse(log: str, dump: Path, natoms: int, prism, periodic: bool) -> LammpsRe
         raise LammpsError(f"LAMMPS wrote {table.shape[0]} atoms, expected {natoms}")
     forces = prism.vector_to_ase(table[:, 1:4])
     energies = table[:, 4]
+    forces_uncertainty = table[:, 5] if table.shape[1] > 5 else None
 
     def to_ase(voigt_lammps: np.ndarray) -> np.ndarray:
         xx, yy, zz, xy, xz, yz = voigt_lammps
@@ -250,4 +255,4 @@ def _parse(log: str, dump: Path, natoms: int, prism, periodic: bool) -> LammpsRe
         stress = to_ase(-pressure / NKTV2P_METAL)
         # stress/atom sums to -W nktv2p
         atom_stress = to_ase(atom_sum / NKTV2P_METAL / volume)
-    return LammpsResult(float(energy), forces, energies, stress, atom_stress, log)
+    return LammpsResult(float(energy), forces, energies, stress, atom_stress, log, forces_uncertainty)

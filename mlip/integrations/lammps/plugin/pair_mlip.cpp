@@ -114,10 +114,29 @@ PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
 
 PairMLIP::~PairMLIP()
 {
+  memory->destroy(uncertainty);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
   }
+}
+
+void *PairMLIP::extract_peratom(const char *name, int &ncol)
+{
+  if (strcmp(name, "uncertainty") != 0) return nullptr;
+  if (!has_uncertainty)
+    error->all(FLERR,
+               "pair_style mlip: {} has no uncertainty (train with training.uncertainty: llpr, "
+               "then export again)",
+               package_path);
+  if (atom->nmax > uncertainty_size) {    // asked before the first compute()
+    uncertainty_size = atom->nmax;
+    memory->destroy(uncertainty);
+    memory->create(uncertainty, uncertainty_size, "pair:uncertainty");
+    for (int i = 0; i < uncertainty_size; i++) uncertainty[i] = 0.0;
+  }
+  ncol = 0;
+  return (void *) uncertainty;
 }
 
 void PairMLIP::allocate()
@@ -182,6 +201,7 @@ void PairMLIP::coeff(int narg, char **arg)
   exchange_width = std::stoi(meta["exchange_width"]);
   double_precision = meta["dtype"] == "float64";
   device = meta["device"];
+  has_uncertainty = meta.count("uncertainty") && meta["uncertainty"] == "llpr";
 
   std::string known;
   for (const auto &name : elements) known += (known.empty() ? "" : " ") + name;
@@ -377,6 +397,16 @@ void PairMLIP::compute(int eflag, int vflag)
   if (eflag_global) eng_vdwl += out[0].to(at::kCPU, at::kDouble).item<double>();
   if (eflag_atom)
     for (int i = 0; i < nlocal; i++) eatom[i] += e[2 + i];
+  if (has_uncertainty && out.size() > 3) {
+    if (atom->nmax > uncertainty_size) {
+      uncertainty_size = atom->nmax;
+      memory->destroy(uncertainty);
+      memory->create(uncertainty, uncertainty_size, "pair:uncertainty");
+    }
+    const at::Tensor u = out[3].to(at::kCPU, at::kDouble).contiguous();
+    const double *uu = u.data_ptr<double>();
+    for (int i = 0; i < nlocal; i++) uncertainty[i] = uu[2 + i];
+  }
 
   double **f = atom->f;
   for (int64_t k = 0; k < pairs; k++) {

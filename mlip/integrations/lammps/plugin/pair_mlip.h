@@ -34,6 +34,9 @@ class PairMLIP : public Pair {
   void unpack_forward_comm(int, int, double *) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
+  // "uncertainty": the per-atom force uncertainty [eV/Å] of a package whose model has one
+  // (read it with `fix ID all pair N mlip uncertainty 0`)
+  void *extract_peratom(const char *, int &) override;
 
   // The ghost exchange the package calls between layers (operators mlip_lammps::ghost_exchange
   // and ghost_exchange_backward), on the pair style whose compute() is running the package.
@@ -52,6 +55,9 @@ class PairMLIP : public Pair {
   int exchange_width = 0;               // most features per atom one ghost exchange carries
   bool double_precision = true;         // package dtype float64 (else float32)
   std::string device = "cpu";           // package device
+  bool has_uncertainty = false;         // the package returns a per-node force uncertainty
+  double *uncertainty = nullptr;        // per local atom, of the last compute() [eV/Å]
+  int uncertainty_size = 0;             // allocated length of `uncertainty`
 
   // graph of one call, rebuilt every step (nodes are atoms by ID: the images of one atom
   // on this rank are one node, reached through edges that carry the image's vector)
