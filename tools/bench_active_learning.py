@@ -102,6 +102,25 @@ def loop_config(out: Path, selection: str, args: argparse.Namespace) -> Path:
     return path
 
 
+def plot(comparison: dict, path: Path) -> None:
+    """Test force MAE against labels, one line per selection (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.6), dpi=120)
+    for selection, rounds in comparison["loops"].items():
+        ax.plot([r["labels"] for r in rounds], [r["f_mae"] for r in rounds], "o-", label=selection)
+    ax.set_xlabel("labelled frames")
+    ax.set_ylabel("600 K test force MAE [meV/Å]")
+    ax.set_title("active learning on GFN2-xTB acac", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/al_bench")
@@ -164,6 +183,7 @@ def main() -> None:
                                    "uncertainty": rec["test"][0].get("uncertainty"), "sampling": rec.get("sampling")}
                                   for rec in summaries[s]["rounds"]]
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    plot(comparison, out / "comparison.png")
     print(f"bench_active_learning: wrote {out / 'comparison.json'} ({time.time() - t0:.0f} s)")
 
 

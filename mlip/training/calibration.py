@@ -207,6 +207,10 @@ def calibration_plot(c: dict[str, np.ndarray], path: Path, title: str) -> Path:
         lo = 1000 * min(c["f_rms_sigma"].min(), c["f_rms_err"].min())
         hi = 1000 * max(c["f_rms_sigma"].max(), c["f_rms_err"].max())
         right.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    from matplotlib.ticker import NullFormatter
+
+    for axis in (right.xaxis, right.yaxis):
+        axis.set_minor_formatter(NullFormatter())  # decade labels only: no overlapping minor ones
     right.set_xlabel("predicted force RMS error [meV/Å]")
     right.set_ylabel("actual force RMS error [meV/Å]")
     right.set_title(f"per structure (Spearman {spearman(c['f_rms_err'], c['f_rms_sigma']):.2f})", fontsize=9)
