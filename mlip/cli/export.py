@@ -1,5 +1,6 @@
 """`mlip export lammps MODEL.pt -o MODEL.pt2`: compile a model for another MD engine;
-`mlip export head MODEL.pt --head NAME -o OUT.pt`: one head of a multi-head model."""
+`mlip export head MODEL.pt --head NAME -o OUT.pt`: one head of a multi-head model;
+`mlip export committee A.pt B.pt ... -o OUT.pt [--calibrate FILE]`: one committee file."""
 
 from __future__ import annotations
 
@@ -31,6 +32,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     head.add_argument("--head", required=True, help="the head's name")
     head.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
     head.set_defaults(func=run_head)
+    com = targets.add_parser(
+        "committee", help="one committee file from model files trained apart (same elements and cutoff)")
+    com.add_argument("models", nargs="+", help="two or more model files")
+    com.add_argument("-o", "--output", required=True, help="committee file to write (.pt)")
+    com.add_argument("--calibrate", metavar="FILE",
+                     help="labelled data held out of every member's training: the committee's "
+                          "scale factors (else 1: its raw spread)")
+    com.set_defaults(func=run_committee)
+
+
+def run_committee(args: argparse.Namespace) -> int:
+    from mlip.model.io import save_committee
+
+    alpha = (1.0, 1.0)
+    try:
+        if args.calibrate:
+            from torch.utils.data import DataLoader
+
+            from mlip.data.open import ensure_lmdb
+            from mlip.data.shards import open_dataset
+            from mlip.graph.build import GraphDataset, as_batch_dict, collate
+            from mlip.inference.engine import ForceField
+            from mlip.training.calibration import calibrate_committee
+
+            engine = ForceField(list(args.models), device="cpu")
+            dataset = open_dataset(ensure_lmdb(args.calibrate, None))
+            engine.check_elements(sorted(set(dataset.header.get("elements", []))), where=args.calibrate)
+            loader = DataLoader(GraphDataset(dataset, engine.cutoff, dtype=engine.dtype), batch_size=20,
+                                collate_fn=collate)
+            alpha = calibrate_committee(engine, (as_batch_dict(b) for b in loader))
+        path = save_committee(args.output, list(args.models), alpha,
+                              {"calibrated_on": args.calibrate})
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    how = f"calibrated on {args.calibrate}" if args.calibrate else "uncalibrated (alpha 1)"
+    print(f"mlip export: wrote {path}: committee of {len(args.models)}, {how}: alpha_E {alpha[0]:.3g}, "
+          f"alpha_F {alpha[1]:.3g}")
+    return 0
 
 
 def run_head(args: argparse.Namespace) -> int:

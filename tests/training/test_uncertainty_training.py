@@ -97,3 +97,28 @@ def test_torchsim_model_passes_uncertainties_on(tiny_data, write_config):
     assert out["forces_uncertainty"].shape == (45,) and out["energy_uncertainty"].shape == (3,)
     largest = model.max_forces_uncertainty(state)
     torch.testing.assert_close(largest, out["forces_uncertainty"].view(3, 15).amax(dim=1))
+
+
+def test_export_committee_from_separate_models(tiny_data, write_config, capsys):
+    """Models trained apart become one calibrated committee file; a member with other
+    elements or no such file is a one-line error."""
+    cfg = write_config(tiny_data)
+    paths = []
+    for seed in (1, 2):
+        assert main(["train", "--config", str(cfg), f"seed={seed}", f"run_name=m{seed}"]) == 0
+        paths.append(str(tiny_data / "runs" / f"m{seed}" / "model.pt"))
+    out = tiny_data / "c.pt"
+    data = str(tiny_data / "tiny" / "acac_20.xyz")
+    capsys.readouterr()
+    assert main(["export", "committee", *paths, "-o", str(out), "--calibrate", data]) == 0
+    assert "committee of 2, calibrated on" in capsys.readouterr().out
+    from mlip.inference.engine import ForceField
+    from mlip.training.evaluate import evaluate_file
+
+    engine = ForceField(str(out), device="cpu")
+    assert all(a > 0 for a in engine.committee_alpha)
+    c = evaluate_file(engine, data, 5, progress=False, uncertainty=True)["calibration"]
+    # calibrated on this file: mean(err^2 / sigma^2) = 1 for the forces
+    assert ((c["f_err"] ** 2).sum(-1) / c["f_sigma"] ** 2).mean() == pytest.approx(1.0, rel=1e-6)
+    assert main(["export", "committee", paths[0], str(tiny_data / "none.pt"), "-o", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
