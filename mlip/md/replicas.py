@@ -206,9 +206,11 @@ class _Recorder:
         temps = 2 * ekin / (3 * state.n * units.kB)
         self.etot0 = etot.clone() if self.etot0 is None else self.etot0
         largest = None
-        if self.uncertain:  # (K,) largest per-atom force uncertainty of each replica
+        logged = step % settings.log_every == 0
+        if self.uncertain and (logged or settings.max_uncertainty is not None):
+            # (K,) largest per-atom force uncertainty of each replica, only when it is used
             largest = out["forces_uncertainty"].view(state.k, state.n).amax(dim=1)
-        if step % settings.log_every == 0:
+        if logged:
             self._write(step, out, ekin, etot, temps, largest)
         if largest is not None and settings.max_uncertainty is not None:
             worst = largest.max()
