@@ -248,8 +248,19 @@ class PotentialDataModule(L.LightningDataModule):
                             self.train_heads)
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._ranks()
+        return self._val_loader(*self._ranks())
+
+    def _val_loader(self, rank: int, world: int) -> DataLoader:
         sizes = np.zeros(len(self.val_set), dtype=np.int64)  # (counts only; batches by size)
         sampler = StructureBatchSampler(sizes, batch_size=self.cfg["val_batch_size"],
                                         shuffle=False, rank=rank, world_size=world)
         return self._loader(self.val_set, sampler)
+
+    def whole_split_loaders(self) -> tuple[DataLoader, DataLoader]:
+        """Every structure of the training and the validation split in this one process, in
+        order (not this rank's share): for fits made after training, once, on rank 0."""
+        assert isinstance(self.train_set, Subset)
+        train = StructureBatchSampler(self._sizes(self.train_set), batch_size=self.cfg["val_batch_size"],
+                                      shuffle=False, rank=0, world_size=1)
+        return (self._loader(self.train_set, train, self.train_weights, self.train_heads),
+                self._val_loader(0, 1))

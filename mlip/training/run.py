@@ -219,13 +219,17 @@ def _train_committee(config: dict[str, Any], resume: bool, overwrite: bool) -> d
     return summary
 
 
-def _remove_run(run_dir: Path) -> None:
-    """Delete an earlier run folder, refusing anything that is not one."""
+def _set_aside(run_dir: Path) -> Path:
+    """Move an earlier run folder aside (``--overwrite``), refusing anything that is not one;
+    the caller deletes it once the new run's setup succeeded, or puts it back."""
     if not (run_dir / "config.yaml").is_file():
         raise FileExistsError(f"{run_dir} exists but holds no mlip run (no config.yaml): "
                               "not deleting it; choose another run_name or output_dir")
     print(f"mlip train: replacing the earlier run in {run_dir}", flush=True)
-    shutil.rmtree(run_dir)
+    aside = run_dir.with_name(f".{run_dir.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)  # left by a process killed during setup
+    run_dir.rename(aside)
+    return aside
 
 
 def _replay(config: dict[str, Any], module: PotentialModule, dm: PotentialDataModule,
@@ -273,7 +277,8 @@ def fit_uncertainty(model_path: Path, dm: PotentialDataModule, config: dict[str,
             yield {k: v.to(device) for k, v in as_batch_dict(batch).items()}
 
     start = time.time()
-    report = fit_last_layer(model, batches(dm.train_dataloader()), batches(dm.val_dataloader()))
+    train, val = dm.whole_split_loaders()  # all of each split, also after a multi-rank run
+    report = fit_last_layer(model, batches(train), batches(val))
     save_model(model_path, model, config["model"], avg_num_neighbors)
     report["seconds"] = time.time() - start
     print(f"mlip train: uncertainty (llpr) fitted on {report['train_atoms']} training atoms, calibrated "
@@ -298,8 +303,9 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
         raise FileNotFoundError(f"--resume: {last} does not exist")
     rank_zero = global_rank() == 0
     earlier = last.exists() or (run_dir / "model.pt").exists()
+    aside = None
     if overwrite and earlier and rank_zero:
-        _remove_run(run_dir)
+        aside = _set_aside(run_dir)
     elif not resume and not overwrite and earlier:
         raise FileExistsError(
             f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
@@ -352,7 +358,11 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
     except BaseException:
         if created and rank_zero:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if aside is not None:  # a setup error keeps the earlier run
+            aside.rename(run_dir)
         raise
+    if aside is not None:
+        shutil.rmtree(aside)
     trainer, checkpoint = build_trainer(config, run_dir)
     t_fit = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)

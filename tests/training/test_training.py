@@ -113,6 +113,13 @@ def test_eval_energy_only_file(tiny_data, write_config, tiny, capsys):
     assert main(["train", "--config", str(cfg), "data.test=[]", "--overwrite"]) == 0
     assert "replacing the earlier run" in capsys.readouterr().out
     assert not (tiny_data / "runs" / "tiny" / "stale.txt").exists()
+    # A replacement that fails in its setup (here: a missing training file) keeps the earlier run.
+    before = (tiny_data / "runs" / "tiny" / "model.pt").read_bytes()
+    assert main(["train", "--config", str(cfg), "data.test=[]", "data.train=missing.xyz",
+                 "--overwrite"]) == 1
+    assert "missing.xyz" in capsys.readouterr().err
+    assert (tiny_data / "runs" / "tiny" / "model.pt").read_bytes() == before
+    assert sorted(p.name for p in (tiny_data / "runs").iterdir()) == ["tiny"]
     (tiny_data / "runs" / "tiny" / "config.yaml").unlink()
     assert main(["train", "--config", str(cfg), "data.test=[]", "--overwrite"]) == 1
     assert "holds no mlip run" in capsys.readouterr().err

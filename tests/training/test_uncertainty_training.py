@@ -25,6 +25,7 @@ def test_a_run_fits_its_uncertainty_into_the_model_file(tiny_data, write_config,
     assert payload["model_config"]["uncertainty"]["method"] == "llpr"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["uncertainty"]["val_structures"] == 6 and summary["uncertainty"]["alpha_forces"] > 0
+    assert summary["uncertainty"]["train_atoms"] == 14 * 15  # every training atom (14 acac frames)
     # eval --uncertainty: metrics table, JSON and a calibration plot
     code = main(["eval", str(run / "model.pt"), str(tiny_data / "tiny" / "acac_20.xyz"), "--uncertainty",
                  "--plots", str(tiny_data / "plots"), "--json", str(tiny_data / "e.json")])
@@ -34,6 +35,28 @@ def test_a_run_fits_its_uncertainty_into_the_model_file(tiny_data, write_config,
     assert (tiny_data / "plots" / "acac_20_calibration.png").stat().st_size > 1000
     metrics = json.loads((tiny_data / "e.json").read_text())["results"][0]["uncertainty"]
     assert -1 <= metrics["spearman_forces_structure"] <= 1 and 0 <= metrics["miscalibration_forces"] <= 0.5
+
+
+def test_the_fit_after_a_multi_rank_run_sees_every_structure(tiny_data, write_config):
+    """Under DDP the training loaders hold one rank's share; the fit made on rank 0 after
+    training reads the whole training and validation splits."""
+    from types import SimpleNamespace
+
+    from mlip.data import keys
+    from mlip.graph.build import as_batch_dict
+    from mlip.training.config import load_config
+    from mlip.training.datamodule import PotentialDataModule
+
+    dm = PotentialDataModule(load_config(write_config(tiny_data)))
+    dm.prepare()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=2)
+
+    def structures(loader):
+        return sum(as_batch_dict(b)[keys.CELL].shape[0] for b in loader)
+
+    assert structures(dm.train_dataloader()) < 14 and structures(dm.val_dataloader()) < 6  # a share
+    train, val = dm.whole_split_loaders()
+    assert structures(train) == len(dm.train_set) == 14 and structures(val) == len(dm.val_set) == 6
 
 
 def test_no_uncertainty_is_a_one_line_error_in_eval(tiny_data, write_config, capsys):
