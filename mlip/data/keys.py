@@ -52,6 +52,7 @@ FORCES_MASK = "forces_mask"  # (B,) float | forces label present
 STRESS_MASK = "stress_mask"  # (B,) float | stress label present
 LOSS_WEIGHT = "loss_weight"  # (B,) float | weight of the structure in the training loss (absent: 1) [1]
 LOSS_WEIGHT_STAGE_TWO = "loss_weight_stage_two"  # (B,) float | its weight in stage two (absent: LOSS_WEIGHT) [1]
+LOSS_WEIGHT_FORCES = "loss_weight_forces"  # (B,) float | factor on its force terms only, in both stages (absent: 1) [1]
 ENERGY_UNCERTAINTY = "energy_uncertainty"  # (B,) float | predicted error of the energy (calibrated) [eV]
 HEAD = "head"  # (B,) int64 | readout head of a multi-head model for the structure (absent: 0)
 
@@ -70,7 +71,7 @@ NODE_KEYS = frozenset({
 EDGE_KEYS = frozenset({EDGE_INDEX, CELL_SHIFTS, EDGE_VECTORS, EDGE_LENGTHS, EDGE_WEIGHTS})
 GRAPH_KEYS = frozenset({
     CELL, PBC, NUM_ATOMS, ENERGY, STRESS, VIRIAL, CHARGE, SPIN, ENERGY_MASK, FORCES_MASK,
-    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO, HEAD, ENERGY_UNCERTAINTY,
+    STRESS_MASK, LOSS_WEIGHT, LOSS_WEIGHT_STAGE_TWO, LOSS_WEIGHT_FORCES, HEAD, ENERGY_UNCERTAINTY,
 })
 
 

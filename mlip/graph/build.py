@@ -190,8 +190,9 @@ class GraphDataset(torch.utils.data.Dataset):
 
     Args:
         weights: (len(structures),) loss weight of each structure, given to every graph as
-            LOSS_WEIGHT (1,), or (len(structures), 2): the weights in stage one and in stage
-            two (LOSS_WEIGHT and LOSS_WEIGHT_STAGE_TWO); None: no weight keys (the loss
+            LOSS_WEIGHT (1,); (len(structures), 2): the weights in stage one and in stage
+            two (LOSS_WEIGHT and LOSS_WEIGHT_STAGE_TWO); (len(structures), 3): and a factor
+            on the force terms alone (LOSS_WEIGHT_FORCES); None: no weight keys (the loss
             weighs all alike).
         heads: (len(structures),) readout head of each structure (a multi-head model), given
             to every graph as HEAD (1,); None: no HEAD key (the first head).
@@ -220,6 +221,8 @@ class GraphDataset(torch.utils.data.Dataset):
             graph[keys.LOSS_WEIGHT] = torch.tensor(row[:1], dtype=self.dtype)
             if len(row) > 1:
                 graph[keys.LOSS_WEIGHT_STAGE_TWO] = torch.tensor(row[1:2], dtype=self.dtype)
+            if len(row) > 2:
+                graph[keys.LOSS_WEIGHT_FORCES] = torch.tensor(row[2:3], dtype=self.dtype)
         if self.heads is not None:
             graph[keys.HEAD] = torch.tensor([int(self.heads[index])], dtype=torch.long)
         return graph

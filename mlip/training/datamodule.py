@@ -87,7 +87,7 @@ class PotentialDataModule(L.LightningDataModule):
         so they move neither E0s, scale, neighbour counts nor the ZBL core's reference
         distances), each file's frames with its loss weights in stage one and stage two."""
         self._own = (train_sets, train_idx)
-        self._extras: list[tuple[LmdbDataset, float, float, int]] = []
+        self._extras: list[tuple[LmdbDataset, float, float, float, int | None]] = []
         self.train_heads: np.ndarray | None = None
         self.extra_count = 0
         self.train_weights = None
@@ -98,13 +98,16 @@ class PotentialDataModule(L.LightningDataModule):
         extras = open_datasets([e["file"] for e in entries], key_mapping(self.cfg))
         for entry, ds in zip(entries, extras, strict=True):
             self.add_frames(ds, entry["weight"], entry["stage_two_weight"], entry["file"],
-                            known=set(self.statistics.e0s), what="data.extra")
+                            known=set(self.statistics.e0s), what="data.extra",
+                            forces_weight=entry["forces_weight"])
 
     def add_frames(self, dataset: LmdbDataset, weight: float, stage_two_weight: float,
-                   name: str, known: set[int], what: str, head: int | None = None) -> None:
+                   name: str, known: set[int], what: str, head: int | None = None,
+                   forces_weight: float = 1.0) -> None:
         """Append ``dataset``'s frames to the training split with these loss weights (extra
-        or replayed frames: never in validation or the statistics); with ``head``, on that
-        readout head of a multi-head model (the data's frames on head 0).
+        or replayed frames: never in validation or the statistics), ``forces_weight`` a
+        further factor on their force terms; with ``head``, on that readout head of a
+        multi-head model (the data's frames on head 0).
 
         Raises:
             ValueError: elements outside ``known``, naming the file (``name``) and ``what``.
@@ -116,19 +119,19 @@ class PotentialDataModule(L.LightningDataModule):
             names = sorted(chemical_symbols[z] for z in unknown)
             raise ValueError(f"{name} ({what}): element(s) {names} are not in "
                              "the training data; the model cannot learn them from extra frames")
-        self._extras.append((dataset, weight, stage_two_weight, head))
+        self._extras.append((dataset, weight, stage_two_weight, forces_weight, head))
         train_sets, train_idx = self._own
         base = ConcatDataset(list(train_sets) + [ds for ds, *_ in self._extras])
         first = sum(len(ds) for ds in train_sets)
         extra_idx = np.arange(first, len(base))
         self.train_set = Subset(base, np.concatenate([train_idx, extra_idx]).tolist())
         self.train_weights = np.concatenate(
-            [np.ones((len(train_idx), 2))]
-            + [np.tile([w, w2], (len(ds), 1)) for ds, w, w2, _ in self._extras])
+            [np.ones((len(train_idx), 3))]
+            + [np.tile([w, w2, fw], (len(ds), 1)) for ds, w, w2, fw, _ in self._extras])
         if any(h is not None for *_, h in self._extras):
             self.train_heads = np.concatenate(
                 [np.zeros(len(train_idx), dtype=np.int64)]
-                + [np.full(len(ds), h or 0, dtype=np.int64) for ds, _, _, h in self._extras])
+                + [np.full(len(ds), h or 0, dtype=np.int64) for ds, *_, h in self._extras])
         self.extra_count = len(extra_idx)
 
     def _check_elements(self, train_sets: list[LmdbDataset], val_idx: np.ndarray | None) -> None:

@@ -36,8 +36,9 @@ def weighted_loss(
     normalisers: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """MSE of per-atom energy, force components and stress components, masked by labels,
-    each structure's squared errors times its LOSS_WEIGHT where the batch has one (the
-    divisors stay the label counts, so weight 2 counts a structure twice).
+    each structure's squared errors times its LOSS_WEIGHT where the batch has one, its
+    force errors also times its LOSS_WEIGHT_FORCES (the divisors stay the label counts, so
+    weight 2 counts a structure twice).
 
     Args:
         normalisers: ``{"structures", "atoms"}`` per batch, constants of the run (atom-budget
@@ -53,6 +54,8 @@ def weighted_loss(
     weight = ref.get(keys.LOSS_WEIGHT)
     e_mask = ref[keys.ENERGY_MASK] if weight is None else ref[keys.ENERGY_MASK] * weight
     f_struct = ref[keys.FORCES_MASK] if weight is None else ref[keys.FORCES_MASK] * weight
+    if keys.LOSS_WEIGHT_FORCES in ref:
+        f_struct = f_struct * ref[keys.LOSS_WEIGHT_FORCES]
     de = (pred[keys.ENERGY] - ref[keys.ENERGY]) / natoms
     per_structure = ref[keys.ENERGY_MASK].sum().clamp(min=1) if normalisers is None else normalisers["structures"]
     loss_e = (e_mask * de.square()).sum() / per_structure

@@ -97,9 +97,10 @@ def _is_extra(value: Any) -> bool:
     entries = value if isinstance(value, list) else [value]
     return all(
         (isinstance(e, str) or (isinstance(e, dict) and isinstance(e.get("file"), str)
-                                and set(e) <= {"file", "weight", "stage_two_weight"}
+                                and set(e) <= {"file", "weight", "stage_two_weight", "forces_weight"}
                                 and all(_is_number(w) and w >= 0 for w in
-                                        (e.get("weight", 1.0), e.get("stage_two_weight", 0.0)))))
+                                        (e.get("weight", 1.0), e.get("stage_two_weight", 0.0),
+                                         e.get("forces_weight", 1.0)))))
         for e in entries)
 
 
@@ -107,14 +108,15 @@ def _normalise_extra(value: Any) -> list[dict]:
     entries = [{"file": e} if isinstance(e, str) else e
                for e in (value if isinstance(value, list) else [value])]
     return [{"file": e["file"], "weight": float(e.get("weight", 1.0)),
-             "stage_two_weight": float(e.get("stage_two_weight", EXTRA_STAGE_TWO_WEIGHT))}
+             "stage_two_weight": float(e.get("stage_two_weight", EXTRA_STAGE_TWO_WEIGHT)),
+             "forces_weight": float(e.get("forces_weight", 1.0))}
             for e in entries]
 
 
 # An extra file's weight in stage two, unless its entry names one (see data.extra).
 EXTRA_STAGE_TWO_WEIGHT = 0.0
-EXTRA = Check("a list of {file: PATH, weight: number >= 0, stage_two_weight: number >= 0} "
-              "(or paths)", _is_extra, _normalise_extra)
+EXTRA = Check("a list of {file: PATH, weight: number >= 0, stage_two_weight: number >= 0, "
+              "forces_weight: number >= 0} (or paths)", _is_extra, _normalise_extra)
 NAMES = Check("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 STAGE_START = Check("an epoch >= 1 or a budget fraction in (0, 1)",
                     lambda v: (_is_int(v) and v >= 1) or (_is_number(v) and 0 < v < 1))
