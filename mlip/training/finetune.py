@@ -309,7 +309,7 @@ def freeze(potential: Potential, names: list[str]) -> list[str]:
     return frozen
 
 
-def _data_loader(dm: Any) -> DataLoader:
+def training_split_loader(dm: Any) -> DataLoader:
     """The training split without ``data.extra`` frames, in order (for the E0 refit)."""
     from torch.utils.data import Subset
 
@@ -352,7 +352,7 @@ def start_from(module: Any, dm: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """
     report: dict[str, Any] = {"tensors": load_weights(module.model, payload["state_dict"])}
     if dm.cfg["e0s"] == "refit":
-        e0s, before, after = refit_e0s(module.model, _data_loader(dm))
+        e0s, before, after = refit_e0s(module.model, training_split_loader(dm))
         report.update(refit_mae_before=before, refit_mae_after=after)
         module.data_info["e0s"] = module.model.e0s.tolist()
     report["e0s"] = module.model.e0s.tolist()

@@ -18,6 +18,7 @@ from mlip.training.lightning_import import L  # isort: split
 import numpy as np
 import torch
 import yaml
+from ase.data import chemical_symbols
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -259,6 +260,28 @@ def _replay(config: dict[str, Any], module: PotentialModule, dm: PotentialDataMo
             f"{labels}, weight {settings['weight']:g}{where})")
 
 
+def final_e0_refit(model_path: Path, dm: PotentialDataModule, config: dict[str, Any],
+                   avg_num_neighbors: float) -> dict[str, Any]:
+    """``training.final_e0_refit``: move the model file's E0s by the least-squares fit of the
+    training split's energy residuals (its own frames, not extra or replayed ones) over
+    element counts (:func:`mlip.training.finetune.refit_e0s`) and rewrite the file."""
+    from mlip.training.finetune import refit_e0s, training_split_loader
+
+    model = load_model(model_path)
+    old = model.e0s.cpu().numpy().copy()
+    try:
+        new, before, after = refit_e0s(model, training_split_loader(dm))
+    except ValueError as exc:  # no energy labels in the training split
+        return {"skipped": str(exc)}
+    save_model(model_path, model, config["model"], avg_num_neighbors)
+    shifts = 1000 * (new - (old[0] if model.heads else old))
+    elements = ", ".join(f"{chemical_symbols[z]} {d:+.2f}" for z, d in zip(model.atomic_numbers, shifts, strict=True))
+    print(f"mlip train: E0s refit on the training split after training ({elements} meV): per-atom "
+          f"energy MAE {1000 * before:.2f} -> {1000 * after:.2f} meV", flush=True)
+    return {"e0s": new.tolist(), "delta_mev": shifts.tolist(), "mae_per_atom_before": before,
+            "mae_per_atom_after": after}
+
+
 def fit_uncertainty(model_path: Path, dm: PotentialDataModule, config: dict[str, Any],
                     avg_num_neighbors: float) -> dict[str, Any]:
     """Fit the model file's last-layer uncertainty (:func:`mlip.model.uncertainty.fit_last_layer`)
@@ -394,6 +417,12 @@ def _train(config: dict[str, Any] | str | Path, resume: bool,
               f"{heads[0]} head for every adapter (another: mlip export head {summary['model']} "
               f"--head NAME -o OUT.pt)")
     summary["best_checkpoint"] = best
+    if config["training"]["final_e0_refit"]:  # before the uncertainty, whose alpha_E reads energies
+        kept = ("a multi-head model keeps its E0 rows" if heads else
+                "data.e0s: foundation keeps the starting model's E0s" if source and config["data"]["e0s"] == "foundation"
+                else None)
+        summary["final_e0_refit"] = ({"skipped": kept} if kept else
+                                     final_e0_refit(model_path, dm, config, module.data_info["avg_num_neighbors"]))
     if config["training"]["uncertainty"] == "llpr" and not heads:
         summary["uncertainty"] = fit_uncertainty(model_path, dm, config, module.data_info["avg_num_neighbors"])
     results = []

@@ -28,7 +28,7 @@ Layout (``mlip train`` overrides use the same dotted keys)::
       ema:       decay
       trainer:   accelerator, devices, num_nodes, strategy, threads, log_every_n_steps,
                  check_val_every_n_epoch, enable_progress_bar
-      freeze, uncertainty, committee
+      freeze, final_e0_refit, uncertainty, committee
 """
 
 from __future__ import annotations
@@ -319,6 +319,10 @@ class TrainingConfig:
     trainer: TrainerConfig = section(TrainerConfig)
     # backbone parameter groups kept fixed (fine-tuning): embedding, layers.0, readouts, ...
     freeze: list = option([], NAMES)
+    # after training, move the E0s by the least-squares fit of the training split's energy
+    # residuals over element counts (the network leaves a constant offset that stage two's
+    # few epochs do not remove; the model file's E0s, and so its lone atoms, say so)
+    final_e0_refit: bool = option(True, BOOL)
     # the model's own uncertainty, fitted after training (mlip.model.uncertainty): "llpr"
     # (last-layer prediction rigidity, calibrated on the validation split) or "none"
     uncertainty: str = option("llpr", choice("llpr", "none"))

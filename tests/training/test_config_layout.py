@@ -23,7 +23,7 @@ ADDED = {("data", "extra"): [], ("model", "init_from"): None, ("model", "heads")
          ("data", "split_seed"): None,
          ("data", "replay"): {"file": [], "count": None, "fraction": None, "select": "random",
                               "weight": 1.0, "pseudolabels": False, "head": None}}
-ADDED_TRAINING = {"freeze": [], "uncertainty": "llpr", "committee": 1}
+ADDED_TRAINING = {"freeze": [], "final_e0_refit": True, "uncertainty": "llpr", "committee": 1}
 
 
 def nested(flat: dict) -> dict:

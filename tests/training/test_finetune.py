@@ -84,10 +84,13 @@ def test_new_element_gets_new_rows_and_old_predictions_stay(tiny_data, write_con
     for k in range(0, 20, 2):  # half the frames with one H -> N (labels need not be physical)
         frames[k].numbers[14] = 7
     ase.io.write(tiny_data / "with_n.xyz", frames)
-    e0s = ase.io.read(tiny_data / "acac" / "isolated_atoms.xyz", ":")
-    n = ase.Atoms("N")
-    n.calc = SinglePointCalculator(n, energy=-1485.0)
-    ase.io.write(tiny_data / "e0s_n.xyz", [*e0s, n])
+    original = load_model(pretrained)
+    e0s = []  # the file's own E0s (its final refit moved them off isolated_atoms.xyz's) and N's
+    for z, e in [*zip(original.atomic_numbers, original.e0s.tolist(), strict=True), (7, -1485.0)]:
+        atom = ase.Atoms(numbers=[z])
+        atom.calc = SinglePointCalculator(atom, energy=e)
+        e0s.append(atom)
+    ase.io.write(tiny_data / "e0s_n.xyz", e0s)
     cfg = load_config(write_config(tiny_data), [
         f"model.init_from={pretrained}", f"data.train={tiny_data / 'with_n.xyz'}",
         f"data.e0s={tiny_data / 'e0s_n.xyz'}", "data.test=[]"])
@@ -95,7 +98,6 @@ def test_new_element_gets_new_rows_and_old_predictions_stay(tiny_data, write_con
     report = start_from(module, dm, payload)
     assert module.model.atomic_numbers == [1, 6, 8, 7]  # the file's order, then the new one
     assert report["tensors"]["extended"] > 0
-    original = load_model(pretrained)
     grown = 0
     for name, old in original.state_dict().items():
         if name.startswith("uncertainty."):

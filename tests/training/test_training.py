@@ -193,3 +193,36 @@ def test_transip_trains_with_objective_and_runs_md(tiny_data, write_config, caps
                  "--device", "cpu", "--quiet", "--log", str(tiny_data / "md.log")]) == 0
     assert "20 langevin steps of 15 atoms" in capsys.readouterr().out
     assert np.loadtxt(tiny_data / "md.log").shape[0] == 3
+
+
+def test_final_e0_refit_removes_the_mean_energy_offset_on_the_training_split(tiny_data, write_config, capsys):
+    """After training, the E0s move by the least-squares fit of the training split's energy
+    residuals over element counts: for one composition the residuals then average to zero
+    (two epochs leave an offset of tens of meV); switched off, the file keeps the E0 file's."""
+    from mlip.training.config import load_config
+    from mlip.training.datamodule import PotentialDataModule
+    from mlip.training.finetune import training_split_loader
+
+    cfg = write_config(tiny_data)
+    assert main(["train", "--config", str(cfg), "data.test=[]"]) == 0
+    assert "E0s refit on the training split after training" in capsys.readouterr().out
+    run = tiny_data / "runs" / "tiny"
+    dm = PotentialDataModule(load_config(cfg))
+    dm.prepare()
+    model = load_model(run / "model.pt")
+    residuals = []
+    for batch in training_split_loader(dm):
+        out = model(batch, compute_forces=False)
+        residuals += (batch[keys.ENERGY] - out[keys.ENERGY]).tolist()
+    summary = json.loads((run / "summary.json").read_text())["final_e0_refit"]
+    assert len(residuals) == 14 and abs(np.mean(residuals)) < 1e-9
+    assert summary["mae_per_atom_after"] <= summary["mae_per_atom_before"]
+    file_e0s = {a.numbers[0]: a.get_potential_energy()
+                for a in ase.io.read(tiny_data / "acac" / "isolated_atoms.xyz", ":")}
+    moved = model.e0s.numpy() - [file_e0s[z] for z in model.atomic_numbers]
+    np.testing.assert_allclose(moved, np.array(summary["delta_mev"]) / 1000, atol=1e-12)
+    assert np.abs(moved).max() > 1e-4  # two epochs do leave an offset to remove
+    assert main(["train", "--config", str(cfg), "data.test=[]", "training.final_e0_refit=false",
+                 "--overwrite"]) == 0
+    kept = load_model(run / "model.pt")
+    assert kept.e0s.tolist() == [file_e0s[z] for z in kept.atomic_numbers]
