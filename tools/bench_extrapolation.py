@@ -22,7 +22,7 @@ of the training file:
 Per probe and model: the offset-free profile error against GFN2-xTB, the asymptote error
 (the model's E(far) - E(limit) minus the reference's, and for pulls the dissociation energy
 E(limit) - E(start) against the reference's), and the deepest point below the limit
-(for dimers beyond 1.5 x the covalent bond length).
+(for dimers beyond 1.5 x the covalent bond length, and at any distance).
 
     python tools/bench_extrapolation.py --train data/acac/train_300K.xyz \\
         --model gaunt=checkpoints/acac_bench_gaunt/model.pt --mace mace=/path/acac_mace.model \\
@@ -274,6 +274,14 @@ def print_tables(results: dict, names: list[str]) -> None:
         print(f"| {n} | " + " | ".join(
             f"{d[p]['deepest beyond 1.5 x bond']:.2f} ({_fmt(d[p].get('ref deepest beyond 1.5 x bond'))}) / "
             f"{_fmt(d[p].get('profile error'))}" for p in pairs) + " |")
+    print("\nDimers, deepest point at any distance (0.5 Å on, the wall included) - limit "
+          "(reference's), eV: a hole inside the bond shows here\n")
+    print("| model | " + " | ".join(pairs) + " |\n|---|" + "---|" * len(pairs))
+    for n in names:
+        d = results[n]["dimer"]
+        print(f"| {n} | " + " | ".join(
+            f"{d[p]['deepest below limit']:.2f} ({_fmt(d[p].get('ref deepest below limit'))})"
+            for p in pairs) + " |")
     groups = list(results[names[0]]["pull"])
     print("\n### Terminal atoms and groups pulled out to 11 Å: offset-free profile error vs "
           "GFN2-xTB / dissociation-energy error (eV); mean and worst over the groups\n")

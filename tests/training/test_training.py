@@ -63,7 +63,9 @@ def test_train_cli_writes_run_and_model_round_trips(tiny_data, write_config, cap
     # The model file is plain data: loadable with weights_only=True.
     payload = torch.load(run / "model.pt", weights_only=True)
     assert payload["atomic_numbers"] == [1, 6, 8] and payload["cutoff"] == 4.0
-    # checkpoint (EMA weights) -> model file -> reload: identical predictions.
+    # checkpoint (EMA weights) + the final E0 refit's E0s -> model file -> reload: identical
+    # predictions.
+    from mlip.ops.buffers import register_exact
     from mlip.training.module import PotentialModule
 
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
@@ -71,6 +73,9 @@ def test_train_cli_writes_run_and_model_round_trips(tiny_data, write_config, cap
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
     module.model.load_state_dict(module.export_state_dict())
+    refit = json.loads((run / "summary.json").read_text())["final_e0_refit"]["e0s"]
+    assert refit != module.model.e0s.tolist()  # the refit moved them
+    register_exact(module.model, "e0s", torch.tensor(refit, dtype=torch.float64), persistent=True)
     frames = ase.io.read(tiny_data / "tiny" / "acac_20.xyz", ":4")
     data = atoms_to_batch(frames, 4.0, dtype=torch.float64)
     a = module.model(data)
