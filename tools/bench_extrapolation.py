@@ -266,22 +266,20 @@ def print_tables(results: dict, names: list[str]) -> None:
             cells.append(f"{row['min_below_train_min']:+.2f}" + (f" / {1000 * mae:.0f}" if mae is not None else ""))
         print(f"| {n} | " + " | ".join(cells) + " |")
     pairs = list(results[names[0]]["dimer"])
-    print("\n### Dimers 0.5-7 Å: deepest point beyond 1.5 x the covalent bond length - limit "
-          "(reference's) / offset-free profile error vs GFN2-xTB (eV)\n")
-    print("| model | " + " | ".join(pairs) + " |\n|---|" + "---|" * len(pairs))
-    for n in names:
-        d = results[n]["dimer"]
-        print(f"| {n} | " + " | ".join(
-            f"{d[p]['deepest beyond 1.5 x bond']:.2f} ({_fmt(d[p].get('ref deepest beyond 1.5 x bond'))}) / "
-            f"{_fmt(d[p].get('profile error'))}" for p in pairs) + " |")
-    print("\nDimers, deepest point at any distance (0.5 Å on, the wall included) - limit "
-          "(reference's), eV: a hole inside the bond shows here\n")
-    print("| model | " + " | ".join(pairs) + " |\n|---|" + "---|" * len(pairs))
-    for n in names:
-        d = results[n]["dimer"]
-        print(f"| {n} | " + " | ".join(
-            f"{d[p]['deepest below limit']:.2f} ({_fmt(d[p].get('ref deepest below limit'))})"
-            for p in pairs) + " |")
+
+    def dimer_table(title: str, cell) -> None:
+        print(title)
+        print("| model | " + " | ".join(pairs) + " |\n|---|" + "---|" * len(pairs))
+        for n in names:
+            print(f"| {n} | " + " | ".join(cell(results[n]["dimer"][p]) for p in pairs) + " |")
+
+    dimer_table("\n### Dimers 0.5-7 Å: deepest point beyond 1.5 x the covalent bond length - limit "
+                "(reference's) / offset-free profile error vs GFN2-xTB (eV)\n",
+                lambda d: f"{d['deepest beyond 1.5 x bond']:.2f} ({_fmt(d.get('ref deepest beyond 1.5 x bond'))}) / "
+                          f"{_fmt(d.get('profile error'))}")
+    dimer_table("\nDimers, deepest point at any distance (0.5 Å on, the wall included) - limit "
+                "(reference's), eV: a hole inside the bond shows here\n",
+                lambda d: f"{d['deepest below limit']:.2f} ({_fmt(d.get('ref deepest below limit'))})")
     groups = list(results[names[0]]["pull"])
     print("\n### Terminal atoms and groups pulled out to 11 Å: offset-free profile error vs "
           "GFN2-xTB / dissociation-energy error (eV); mean and worst over the groups\n")
